@@ -1,0 +1,550 @@
+"""The widgets' work, as plain functions that also run in a script without a viewer.
+
+Each function takes an image (a numpy / dask array, a list of arrays for a pyramid, or a
+napari Image layer: only its ``data``, ``scale``, ``translate``, ``name`` and ``metadata``
+are read), calls the inference or slide layer, and returns napari layer data tuples
+``(data, kwargs, layer_type)`` (see :mod:`._layers`), aligned with the image. They accept
+``progress(done, total, message)`` and ``cancel`` (a ``threading.Event``); a cancelled run
+raises :class:`Cancelled` and returns nothing. No napari or Qt import here.
+
+>>> layers = segment_layer(image, ["neoplastic cells"], modality="pathology")
+>>> for data, kwargs, kind in layers: viewer._add_layer_from_data(data, kwargs, kind)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _layers
+from ._layers import LayerDataTuple
+
+OUTPUTS = ("instances", "masks", "probabilities")
+#: Longest side (pixels) processed by a "current view" preview; larger views are read from a
+#: coarser level.
+PREVIEW_MAX_SIDE = 2048
+#: Images with a side longer than this (or multiscale) offer "whole image" (the slide engine).
+LARGE_SIDE = 4096
+
+
+class Cancelled(Exception):
+    """The run was cancelled; nothing was produced."""
+
+
+def check_cancel(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
+def friendly_error(exc: BaseException) -> str:
+    """A one-line message for a notification, with what to do where we know it."""
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return f"{msg}. Check the path (Model widget: choose an existing checkpoint file)."
+    if isinstance(exc, MemoryError):
+        return "out of memory. Use 'current view', a smaller tile size or a coarser pixel size."
+    if "CUDA out of memory" in msg or "OutOfMemory" in type(exc).__name__:
+        return f"{msg}. Choose a smaller batch / tile size or device 'cpu' in the Model widget."
+    return msg
+
+
+def _report(progress, done, total, message=""):
+    if progress is not None:
+        progress(done, total, message)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ImageInput:
+    """What the functions need from an image or an Image layer."""
+
+    data: Any  # array (H, W[, C]) or list of arrays (pyramid, level 0 first)
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: tuple[float, float] = (0.0, 0.0)
+    name: str = "image"
+    mpp: float | None = None
+    path: str | None = None
+    rgb: bool | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def multiscale(self) -> bool:
+        return isinstance(self.data, list | tuple) and len(self.data) > 1
+
+    @property
+    def levels(self) -> list:
+        return list(self.data) if isinstance(self.data, list | tuple) else [self.data]
+
+    @property
+    def is_large(self) -> bool:
+        h, w = self.levels[0].shape[:2]
+        return self.multiscale or max(h, w) > LARGE_SIDE
+
+
+def as_image_input(image, *, name=None, scale=None, translate=None, mpp=None) -> ImageInput:
+    """Wrap an array, a list of arrays or a napari Image layer."""
+    if isinstance(image, ImageInput):
+        inp = ImageInput(**vars(image))
+    elif hasattr(image, "data") and hasattr(image, "scale") and hasattr(image, "translate"):
+        meta = dict(getattr(image, "metadata", {}) or {})
+        data = image.data
+        if getattr(image, "multiscale", False):
+            data = list(data)
+        src = getattr(getattr(image, "source", None), "path", None)
+        inp = ImageInput(
+            data=data,
+            scale=tuple(float(s) for s in image.scale[-2:]),
+            translate=tuple(float(t) for t in image.translate[-2:]),
+            name=str(image.name),
+            mpp=meta.get("mpp"),
+            path=meta.get("path") or (str(src) if src else None),
+            rgb=bool(getattr(image, "rgb", False)),
+            metadata=meta,
+        )
+    else:
+        inp = ImageInput(data=image)
+    if name is not None:
+        inp.name = name
+    if scale is not None:
+        inp.scale = tuple(float(s) for s in scale)
+    if translate is not None:
+        inp.translate = tuple(float(t) for t in translate)
+    if mpp is not None:
+        inp.mpp = float(mpp)
+    return inp
+
+
+def _to_numpy(arr) -> np.ndarray:
+    if hasattr(arr, "compute"):
+        arr = arr.compute()
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return arr
+
+
+def preview_level(levels: Sequence, max_side: int = PREVIEW_MAX_SIDE) -> int:
+    """The finest level whose longest side is at most ``max_side`` (else the coarsest)."""
+    for i, lv in enumerate(levels):
+        if max(lv.shape[0], lv.shape[1]) <= max_side:
+            return i
+    return len(levels) - 1
+
+
+def view_region(
+    inp: ImageInput,
+    level: int,
+    corner: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = None,
+    max_side: int = PREVIEW_MAX_SIDE,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Read a region of one level and return ``(pixels, scale, translate)`` in world units.
+
+    ``corner`` / ``size`` are in pixels of that level (the whole level when None). Regions
+    longer than ``max_side`` are read from a coarser level (stride) so a preview stays fast.
+    """
+    levels = inp.levels
+    level = int(min(max(level, 0), len(levels) - 1))
+    arr = levels[level]
+    H, W = arr.shape[:2]
+    y0, x0 = (0, 0) if corner is None else (max(int(corner[0]), 0), max(int(corner[1]), 0))
+    h, w = (H - y0, W - x0) if size is None else (int(size[0]), int(size[1]))
+    y1, x1 = min(y0 + h, H), min(x0 + w, W)
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError("the current view shows no part of the image; pan or zoom onto it.")
+    step = max(1, math.ceil(max(y1 - y0, x1 - x0) / max_side))
+    region = _to_numpy(arr[y0:y1:step, x0:x1:step])
+    H0, W0 = levels[0].shape[:2]
+    ds_y, ds_x = H0 / H, W0 / W
+    sy, sx = inp.scale
+    scale = (sy * ds_y * step, sx * ds_x * step)
+    # napari places a level pixel's centre at (index + 0.5) * ds - 0.5 in level-0 pixels
+    ty = inp.translate[0] + sy * ((y0 + 0.5 * step) * ds_y - 0.5)
+    tx = inp.translate[1] + sx * ((x0 + 0.5 * step) * ds_x - 0.5)
+    return region, scale, (ty, tx)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def as_predictor(model=None, device: str | None = None):
+    """A Predictor from None (the plugin's current model), a name / path, a model or a
+    Predictor."""
+    if model is None:
+        from ._model_state import MODEL
+
+        return MODEL.predictor()
+    if hasattr(model, "segment") and hasattr(model, "recognize"):
+        return model
+    from napari_biomedparse.inference.predictor import Predictor
+
+    if isinstance(model, str | Path):
+        from napari_biomedparse.hub import load_model
+
+        model = load_model(str(model))
+    return Predictor(model, device=device or "auto")
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def _field(inp: ImageInput, level: int | None) -> tuple[np.ndarray, tuple, tuple]:
+    if level is None:
+        level = preview_level(inp.levels) if inp.multiscale else 0
+    if not inp.multiscale and level == 0:
+        return _to_numpy(inp.levels[0]), inp.scale, inp.translate
+    return view_region(inp, level)
+
+
+def segment_layer(
+    image,
+    prompts: Sequence[str] | str,
+    *,
+    modality: str = "pathology",
+    site: str | None = None,
+    threshold: float = 0.5,
+    existence_test: bool = True,
+    p_threshold: float = 0.05,
+    output: str = "instances",
+    model=None,
+    level: int | None = None,
+    region: tuple[np.ndarray, tuple, tuple] | None = None,
+    progress: Callable | None = None,
+    cancel: threading.Event | None = None,
+) -> list[LayerDataTuple]:
+    """Segment ``image`` with text prompts; return layer data tuples.
+
+    ``output``: ``"probabilities"`` (one Image per prompt), ``"masks"`` (a Labels class map,
+    one class per prompt; prompts failing the existence test are left empty) or
+    ``"instances"`` (Labels of instances with features, the class map, and Shapes of the
+    outlines or boxes with the class as text). ``region`` = ``(pixels, scale, translate)``
+    overrides the image (the widget's "current view").
+    """
+    if isinstance(prompts, str):
+        prompts = [p.strip() for p in prompts.replace(";", ",").split(",")]
+    prompts = [p for p in (str(p).strip() for p in prompts) if p]
+    if not prompts:
+        raise ValueError("no prompt: type at least one target (e.g. 'neoplastic cells').")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    inp = as_image_input(image)
+    total = 3
+    _report(progress, 0, total, "loading model")
+    pred = as_predictor(model)
+    check_cancel(cancel)
+    _report(progress, 1, total, "reading image")
+    pixels, scale, translate = region if region is not None else _field(inp, level)
+    check_cancel(cancel)
+    _report(progress, 2, total, f"segmenting {len(prompts)} prompt(s)")
+    producer = "segment"
+    if output == "probabilities":
+        probs = pred.segment(pixels, list(prompts), modality=modality, site=site)
+        check_cancel(cancel)
+        out = _layers.probability_layers(
+            probs, prompts, source=inp.name, producer=producer, scale=scale, translate=translate
+        )
+    else:
+        det = pred.detect(
+            pixels,
+            list(prompts),
+            modality=modality,
+            site=site,
+            mask_threshold=float(threshold),
+            p_threshold=float(p_threshold) if existence_test else None,
+            mpp=_pixel_mpp(inp, scale),
+        )
+        check_cancel(cancel)
+        out = _detection_layers(det, inp.name, producer, output, scale, translate)
+    _report(progress, total, total, "done")
+    return out
+
+
+def _pixel_mpp(inp: ImageInput, scale) -> float | None:
+    """Microns per pixel of the processed pixels (None when the image has no pixel size)."""
+    if not inp.mpp or not inp.scale[0]:
+        return None
+    return float(inp.mpp) * float(scale[0]) / float(inp.scale[0])
+
+
+def _detection_layers(det, source, producer, output, scale, translate):
+    """Layers of a :class:`~napari_biomedparse.inference.results.Detection`: per prompt a
+    mask (Labels, value 1) or its instances (Labels with features), plus one Shapes layer of
+    every instance's outline with its class."""
+    import pandas as pd
+
+    summary = det.summary()
+    out = []
+    for i, prompt in enumerate(det.prompts):
+        row = summary.iloc[i]
+        if output == "masks":
+            mask = np.asarray(det.masks[i]).astype(np.uint8)
+            feats = pd.DataFrame(
+                {
+                    "index": [1],
+                    "class": [prompt],
+                    "p_value": [float(row["p_value"])],
+                    "present": [bool(row["present"])],
+                    "testable": [bool(row["testable"])],
+                    "in_vocabulary": [bool(row["in_vocabulary"])],
+                    "area": [int(mask.sum())],
+                }
+            )
+            data, kw, kind = _layers.class_map_layer(
+                mask, [prompt], source=source, producer=producer, scale=scale, translate=translate
+            )
+            kw["name"] = f"{source} {prompt} mask ({producer})"
+            kw["features"] = feats
+            out.append((data, kw, kind))
+        else:
+            table = det.table[det.table["prompt"] == prompt] if len(det.table) else det.table
+            data, kw, kind = _layers.instance_labels_layer(
+                np.asarray(det.labels[i]),
+                table,
+                source=source,
+                producer=producer,
+                scale=scale,
+                translate=translate,
+                metadata={"p_value": float(row["p_value"]), "present": bool(row["present"])},
+            )
+            kw["name"] = f"{source} {prompt} instances ({producer})"
+            out.append((data, kw, kind))
+    if output == "instances":
+        shapes, _note = _layers.shapes_layer(
+            det.table,
+            outlines=det.outlines(),
+            source=source,
+            producer=producer,
+            scale=scale,
+            translate=translate,
+        )
+        out.append(shapes)
+    return out
+
+
+# --------------------------------------------------------------------------- recognize
+
+
+def recognize_layer(
+    image,
+    *,
+    modality: str = "pathology",
+    site: str | None = None,
+    p_threshold: float = 0.05,
+    model=None,
+    level: int | None = None,
+    region: tuple[np.ndarray, tuple, tuple] | None = None,
+    progress: Callable | None = None,
+    cancel: threading.Event | None = None,
+) -> list[LayerDataTuple]:
+    """Recognise every target of the modality: instances (with features), the class map and
+    Shapes of outlines / boxes."""
+    inp = as_image_input(image)
+    total = 3
+    _report(progress, 0, total, "loading model")
+    pred = as_predictor(model)
+    check_cancel(cancel)
+    _report(progress, 1, total, "reading image")
+    pixels, scale, translate = region if region is not None else _field(inp, level)
+    check_cancel(cancel)
+    _report(progress, 2, total, "recognizing all targets")
+    rec = pred.recognize(
+        pixels,
+        modality=modality,
+        site=site,
+        p_threshold=float(p_threshold) if p_threshold else None,
+        mpp=_pixel_mpp(inp, scale),
+    )
+    check_cancel(cancel)
+    out = _recognition_layers(rec, inp.name, "recognize", scale, translate)
+    _report(progress, total, total, "done")
+    return out
+
+
+def _recognition_layers(rec, source, producer, scale, translate):
+    import pandas as pd
+
+    labels = np.asarray(rec.labels)
+    names = list(rec.class_names)
+    pv = np.asarray(rec.p_values, dtype=np.float64)
+    extra = pd.DataFrame(
+        {
+            "p_value": pv if pv.ndim == 1 else np.full(len(names), np.nan),
+            "kept": [n in set(rec.kept) for n in names],
+            "count": [int(rec.counts().get(n, 0)) for n in names],
+        }
+    )
+    shapes, _note = _layers.shapes_layer(
+        rec.table,
+        outlines=rec.outlines(),
+        source=source,
+        producer=producer,
+        scale=scale,
+        translate=translate,
+    )
+    return [
+        _layers.instance_labels_layer(
+            labels, rec.table, source=source, producer=producer, scale=scale, translate=translate
+        ),
+        _layers.class_map_layer(
+            np.asarray(rec.classes),
+            names,
+            source=source,
+            producer=producer,
+            extra=extra,
+            scale=scale,
+            translate=translate,
+        ),
+        shapes,
+    ]
+
+
+# --------------------------------------------------------------------------- slides
+
+
+def slide_layers(
+    image,
+    out: str | Path,
+    *,
+    prompts: Sequence[str] | None = None,
+    recognize: bool = True,
+    modality: str = "pathology",
+    site: str | None = None,
+    mpp: float | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    tissue_mask: bool = True,
+    resume: bool = True,
+    overwrite: bool = False,
+    model=None,
+    progress: Callable | None = None,
+    cancel: threading.Event | None = None,
+) -> list[LayerDataTuple]:
+    """Run the slide engine on a whole image (a file path, an array / pyramid or an Image
+    layer) and return its results as layers (multiscale Labels read lazily from the store)."""
+    from napari_biomedparse.slide.engine import process_slide
+
+    inp = as_image_input(image) if not isinstance(image, str | Path) else None
+    source = image if inp is None else (inp.path or inp.data)
+    kwargs: dict[str, Any] = {
+        "prompts": list(prompts) if prompts else None,
+        "recognize": recognize if not prompts else False,
+        "modality": modality,
+        "mpp": mpp,
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "tissue_mask": tissue_mask,
+        "resume": resume,
+        "overwrite": overwrite,
+        "progress": progress,
+        "cancel": cancel,
+    }
+    if site:
+        kwargs["site"] = site
+    kwargs["model"] = model if model is not None else _current_model_or_default()
+    res = process_slide(source, out, **{k: v for k, v in kwargs.items() if v is not None})
+    check_cancel(cancel)
+    name = inp.name if inp is not None else Path(str(image)).stem
+    return result_layers(res, source_name=name, image=inp)
+
+
+def _current_model_or_default():
+    from ._model_state import MODEL
+
+    return MODEL.model_for_engine()
+
+
+def _multiscale(obj, attr: str):
+    v = getattr(obj, attr, None)
+    if v is None:
+        return None
+    if callable(v):
+        levels = []
+        i = 0
+        while True:
+            try:
+                lv = v(i)
+            except (IndexError, KeyError, ValueError):
+                break
+            if lv is None:
+                break
+            levels.append(lv)
+            i += 1
+            if i > 20:
+                break
+        return levels or None
+    return list(v) if isinstance(v, list | tuple) else [v]
+
+
+def result_layers(res, *, source_name: str | None = None, image: ImageInput | None = None):
+    """Layers for a :class:`SlideResult` (of a run now or opened from its store)."""
+    table = res.table
+    labels = _multiscale(res, "labels")
+    classes = _multiscale(res, "classes")
+    name = source_name or Path(str(res.path)).name.split(".")[0]
+    scale = image.scale if image is not None else None
+    translate = image.translate if image is not None else None
+    mpp = getattr(res, "mpp", None)
+    if scale is None and mpp:
+        scale = (float(mpp), float(mpp))
+    names = list(getattr(res, "class_names", None) or [])
+    if not names and table is not None and len(table) and "class" in table.columns:
+        if "class_id" in table.columns:
+            pairs = table[["class_id", "class"]].drop_duplicates().sort_values("class_id")
+            names = [""] * int(pairs["class_id"].max())
+            for cid, cname in pairs.itertuples(index=False):
+                names[int(cid) - 1] = str(cname)
+        else:
+            names = sorted(set(table["class"].astype(str)))
+    meta = {"store": str(res.path)}
+    out = []
+    if labels is not None:
+        out.append(
+            _layers.instance_labels_layer(
+                labels if len(labels) > 1 else labels[0],
+                table,
+                source=name,
+                producer="slide",
+                scale=scale,
+                translate=translate,
+                multiscale=len(labels) > 1,
+                metadata=meta,
+            )
+        )
+    if classes is not None:
+        out.append(
+            _layers.class_map_layer(
+                classes if len(classes) > 1 else classes[0],
+                names,
+                source=name,
+                producer="slide",
+                scale=scale,
+                translate=translate,
+                multiscale=len(classes) > 1,
+            )
+        )
+    if table is not None and len(table):
+        shapes, note = _layers.shapes_layer(
+            table, source=name, producer="slide", scale=scale, translate=translate, metadata=meta
+        )
+        out.append(shapes)
+    return out
+
+
+def open_result_layers(path: str | Path) -> list[LayerDataTuple]:
+    """Layers of an earlier slide run, from its zarr store."""
+    from napari_biomedparse.slide.engine import SlideResult
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no result store at {p}")
+    return result_layers(SlideResult.open(p))

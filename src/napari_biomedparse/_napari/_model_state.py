@@ -1,0 +1,132 @@
+"""The plugin's current model, shared by the widgets (one per napari process).
+
+The Model widget configures it; the other widgets ask for :meth:`ModelState.predictor`
+inside their worker thread, which loads the configured model on first use (so loading never
+blocks the GUI). No napari / Qt import here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+SOURCES = ("default", "biomedparse-v1", "checkpoint")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how."""
+
+    source: str = "default"  # "default" | "biomedparse-v1" | "checkpoint"
+    checkpoint: str = ""  # the file for source "checkpoint" (or a local v1 file)
+    device: str = "auto"
+    precision: str = "float32"
+    cache_dir: str = ""
+
+    def load_arg(self) -> str:
+        if self.source == "checkpoint":
+            if not self.checkpoint:
+                raise FileNotFoundError(
+                    "no checkpoint file chosen; pick a .pt / .safetensors file in the Model widget"
+                )
+            path = Path(self.checkpoint).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint file not found: {path}")
+            return str(path)
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown model source {self.source!r}; one of {SOURCES}")
+        return self.source
+
+
+def _dtype(precision: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        precision
+    ]
+
+
+def load_predictor(spec: ModelSpec, progress=None):
+    """Load the model of ``spec`` and wrap it in a Predictor (slow: call it in a worker)."""
+    from napari_biomedparse.hub import load_model
+    from napari_biomedparse.inference.predictor import Predictor
+
+    arg = spec.load_arg()
+    if progress is not None:
+        progress(0, 2, f"loading model '{Path(arg).name}'")
+    kwargs = {}
+    params = inspect.signature(load_model).parameters
+    if spec.cache_dir:
+        if "cache_dir" in params:
+            kwargs["cache_dir"] = spec.cache_dir
+        else:
+            os.environ["NAPARI_BIOMEDPARSE_CACHE"] = spec.cache_dir
+    model = load_model(arg, **kwargs)
+    if progress is not None:
+        progress(1, 2, f"moving model to {spec.device}")
+    dtype = None if spec.precision == "float32" else _dtype(spec.precision)
+    pred = Predictor(model, device=spec.device, dtype=dtype)
+    if progress is not None:
+        progress(2, 2, "model ready")
+    return pred
+
+
+class ModelState:
+    """The current model spec and, once loaded, its Predictor (thread-safe)."""
+
+    def __init__(self):
+        self.spec = ModelSpec()
+        self._predictor = None
+        self._loaded: ModelSpec | None = None
+        self._lock = threading.RLock()
+
+    def configure(self, **changes) -> ModelSpec:
+        with self._lock:
+            self.spec = replace(self.spec, **changes)
+            return self.spec
+
+    @property
+    def loaded_spec(self) -> ModelSpec | None:
+        return self._loaded
+
+    def load(self, spec: ModelSpec | None = None, progress=None, cancel=None):
+        """Load ``spec`` (default: the configured one) now and make it current."""
+        spec = spec or self.spec
+        pred = load_predictor(spec, progress=progress)
+        if cancel is not None and cancel.is_set():
+            from ._functions import Cancelled
+
+            raise Cancelled()
+        with self._lock:
+            self.spec = spec
+            self._predictor = pred
+            self._loaded = spec
+        return pred
+
+    def predictor(self, progress=None):
+        """The Predictor of the configured model, loading it on first use."""
+        with self._lock:
+            if self._predictor is not None and self._loaded == self.spec:
+                return self._predictor
+            return self.load(self.spec, progress=progress)
+
+    def model_for_engine(self):
+        """What to pass as ``model=`` to the slide engine: the loaded model if any."""
+        with self._lock:
+            if self._predictor is not None and self._loaded == self.spec:
+                return self._predictor.model
+            return self.spec.load_arg()
+
+    def clear(self):
+        with self._lock:
+            self._predictor = None
+            self._loaded = None
+            self.spec = ModelSpec()
+
+
+MODEL = ModelState()

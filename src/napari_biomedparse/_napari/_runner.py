@@ -1,0 +1,157 @@
+"""Run a job in a napari thread worker with a progress bar and a Cancel button.
+
+The job is a plain function ``func(*, progress, cancel, **kwargs)`` from the core layers (or
+from :mod:`._functions`): ``progress(done, total, message)`` is called from the worker
+thread and shown in the GUI thread through a queued Qt signal; ``cancel`` is a
+``threading.Event`` that the job checks. The result is handed to ``on_result`` in the GUI
+thread only when the job finished and was not cancelled, so a cancelled run adds nothing.
+Errors become napari notifications (never tracebacks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Signal
+
+from ._functions import Cancelled, friendly_error
+
+log = logging.getLogger(__name__)
+
+
+class _Emitter(QObject):
+    progress = Signal(int, int, str)
+
+
+class RunControls(Container):
+    """Run / Cancel buttons, a progress bar (tiles or steps done) and a status line."""
+
+    def __init__(self, run_text: str = "Run", **kwargs):
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.status = Label(value="")
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[buttons, self.progress_bar, self.status], labels=False, **kwargs)
+        self.margins = (0, 0, 0, 0)
+        self.worker = None
+        self.cancel_event: threading.Event | None = None
+        self.last_outcome: str | None = None  # "ok" | "cancelled" | "error" (for tests)
+        self.last_error: BaseException | None = None
+        self._emitter = _Emitter()
+        self._emitter.progress.connect(self._on_progress)
+        self.cancel_button.changed.connect(self.cancel)
+        self._t0 = 0.0
+
+    # -- state
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        func: Callable[..., Any],
+        *,
+        on_result: Callable[[Any], None],
+        description: str,
+        **kwargs,
+    ):
+        """Start ``func(progress=..., cancel=..., **kwargs)`` in a thread worker."""
+        if self.worker is not None:
+            show_warning(f"{description}: a run is already in progress; wait for it or Cancel.")
+            return None
+        cancel = threading.Event()
+        emitter = self._emitter
+
+        def _progress(done, total=None, message=""):
+            emitter.progress.emit(int(done or 0), int(total or 0), str(message or ""))
+
+        def _job():
+            try:
+                return "ok", func(progress=_progress, cancel=cancel, **kwargs)
+            except Cancelled:
+                return "cancelled", None
+            except Exception as exc:  # noqa: BLE001 - reported as a notification
+                if cancel.is_set():
+                    return "cancelled", None
+                log.exception("%s failed", description)
+                return "error", exc
+
+        worker = create_worker(_job, _start_thread=False)
+        worker.returned.connect(
+            lambda outcome: self._on_returned(outcome, on_result, cancel, description)
+        )
+        worker.finished.connect(lambda: self._on_finished(worker))
+        self.worker = worker
+        self.cancel_event = cancel
+        self.last_outcome = None
+        self.last_error = None
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress_bar.visible = True
+        self.progress_bar.max = 0  # busy indicator until the first progress report
+        self.progress_bar.value = 0
+        self.status.value = f"{description}: starting..."
+        self._t0 = time.monotonic()
+        worker.start()
+        return worker
+
+    def cancel(self, *_):
+        if self.cancel_event is not None and self.worker is not None:
+            self.cancel_event.set()
+            self.status.value = "Cancelling (stops after the current step)..."
+            self.cancel_button.enabled = False
+
+    # -- slots (GUI thread)
+    def _on_progress(self, done: int, total: int, message: str):
+        if self.worker is None or (self.cancel_event is not None and self.cancel_event.is_set()):
+            return
+        if total > 0:
+            self.progress_bar.max = total
+            self.progress_bar.value = min(done, total)
+        text = f"{done}/{total}" if total > 0 else ""
+        if message:
+            text = f"{message} ({text})" if text else message
+        self.status.value = text
+
+    def _on_returned(self, outcome, on_result, cancel, description):
+        kind, value = outcome
+        if kind == "ok" and cancel.is_set():
+            kind = "cancelled"
+        self.last_outcome = kind
+        if kind == "cancelled":
+            self.status.value = f"{description}: cancelled, nothing was added."
+            show_info(f"{description} cancelled: nothing was added.")
+            return
+        if kind == "error":
+            self.last_error = value
+            self.status.value = f"{description} failed."
+            show_error(f"{description} failed: {friendly_error(value)}")
+            return
+        try:
+            on_result(value)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("adding the results of %s failed", description)
+            self.last_outcome = "error"
+            self.last_error = exc
+            show_error(f"{description}: could not show the results: {friendly_error(exc)}")
+            return
+        self.status.value = f"{description}: done in {time.monotonic() - self._t0:.1f} s."
+
+    def _on_finished(self, worker):
+        if self.worker is worker:
+            self.worker = None
+            self.cancel_event = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.progress_bar.visible = False

@@ -1,0 +1,98 @@
+"""Model widget: which model (bundled default, official v1, or a checkpoint file), device,
+precision and weights cache; loads in the background with progress."""
+
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label
+
+from .._model_state import DEVICES, MODEL, PRECISIONS, ModelSpec
+from .._runner import RunControls
+from .._settings import remember, restore
+
+SOURCE_CHOICES = [
+    ("default (bundled, offline)", "default"),
+    ("BiomedParse v1 (cache or hub)", "biomedparse-v1"),
+    ("checkpoint file", "checkpoint"),
+]
+
+
+class ModelWidget(Container):
+    """Choose and load the model the other widgets use."""
+
+    settings_key = "model"
+
+    def __init__(self, napari_viewer=None):
+        self.viewer = napari_viewer
+        self.source = ComboBox(choices=SOURCE_CHOICES, value="default", label="model")
+        self.checkpoint = FileEdit(
+            mode="r", value="", filter="*.pt *.pth *.ckpt *.safetensors", label="checkpoint"
+        )
+        self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
+        self.precision = ComboBox(choices=list(PRECISIONS), value="float32", label="precision")
+        self.cache_dir = FileEdit(mode="d", value="", label="weights cache")
+        self.cache_dir.tooltip = "Where downloaded official weights are kept (empty = default)."
+        self.loaded = Label(value="not loaded yet (loads on first run)", label="current")
+        self.run = RunControls("Load model")
+        super().__init__(
+            widgets=[
+                self.source,
+                self.checkpoint,
+                self.device,
+                self.precision,
+                self.cache_dir,
+                self.loaded,
+                self.run,
+            ]
+        )
+        persisted = {
+            "source": self.source,
+            "checkpoint": self.checkpoint,
+            "device": self.device,
+            "precision": self.precision,
+            "cache_dir": self.cache_dir,
+        }
+        restore(persisted, self.settings_key)
+        remember(persisted, self.settings_key)
+        for w in persisted.values():
+            w.changed.connect(self._sync)
+        self.run.run_button.changed.connect(self.start)
+        self._sync()
+        self._show_loaded()
+
+    def spec(self) -> ModelSpec:
+        def _s(v):
+            s = str(v) if v is not None else ""
+            return "" if s in ("", ".") else s
+
+        return ModelSpec(
+            source=self.source.value,
+            checkpoint=_s(self.checkpoint.value),
+            device=self.device.value,
+            precision=self.precision.value,
+            cache_dir=_s(self.cache_dir.value),
+        )
+
+    def _sync(self, *_):
+        self.checkpoint.visible = self.source.value in ("checkpoint", "biomedparse-v1")
+        self.checkpoint.label = (
+            "checkpoint" if self.source.value == "checkpoint" else "local file (optional)"
+        )
+
+    def _show_loaded(self):
+        spec = MODEL.loaded_spec
+        if spec is None:
+            self.loaded.value = "not loaded yet (loads on first run)"
+        else:
+            what = spec.checkpoint if spec.source == "checkpoint" else spec.source
+            self.loaded.value = f"{what} on {spec.device}, {spec.precision}"
+
+    def start(self, *_):
+        spec = self.spec()
+        if spec.source == "biomedparse-v1" and spec.checkpoint:
+            spec = ModelSpec(**{**vars(spec), "source": "checkpoint"})
+        return self.run.start(
+            MODEL.load,
+            on_result=lambda _pred: self._show_loaded(),
+            description="Loading the model",
+            spec=spec,
+        )

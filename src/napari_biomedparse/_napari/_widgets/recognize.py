@@ -1,0 +1,128 @@
+"""Recognize-all widget: every target of a modality -> instances, classes, outlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, RadioButtons
+from napari.utils.notifications import show_warning
+
+from napari_biomedparse.inference.modalities import MODALITIES
+
+from .. import _functions as F
+from .._runner import RunControls
+from .._settings import remember, restore
+from ._common import (
+    ADD,
+    REPLACE,
+    ImageLayerChoice,
+    add_result_layers,
+    current_view_region,
+    default_output_folder,
+    is_large,
+    sites,
+    vocabulary,
+)
+from .segment import CURRENT_VIEW, WHOLE_IMAGE
+
+
+class RecognizeWidget(Container):
+    """Recognise every object of every target of the chosen modality."""
+
+    settings_key = "recognize"
+
+    def __init__(self, napari_viewer=None):
+        self.viewer = napari_viewer
+        self.image = ImageLayerChoice(napari_viewer, label="image")
+        self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
+        self.site = ComboBox(choices=[""], value="", label="site", visible=False)
+        self.targets = Label(value="", label="targets")
+        self.p_threshold = FloatSpinBox(
+            value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
+        )
+        self.scope = RadioButtons(
+            choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False
+        )
+        self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier results")
+        self.run = RunControls("Recognize all")
+        super().__init__(
+            widgets=[
+                self.image,
+                self.modality,
+                self.site,
+                self.targets,
+                self.p_threshold,
+                self.scope,
+                self.on_rerun,
+                self.run,
+            ]
+        )
+        persisted = {
+            "modality": self.modality,
+            "p_threshold": self.p_threshold,
+            "scope": self.scope,
+            "on_rerun": self.on_rerun,
+        }
+        restore(persisted, self.settings_key)
+        self._modality_changed()
+        remember({**persisted, "site": self.site}, self.settings_key)
+        self.modality.changed.connect(self._modality_changed)
+        self.site.changed.connect(self._site_changed)
+        self.image.changed.connect(self._sync)
+        self.run.run_button.changed.connect(self.start)
+        self._sync()
+
+    def _modality_changed(self, *_):
+        s = sites(self.modality.value)
+        self.site.choices = s or [""]
+        self.site.visible = bool(s)
+        restore({"site": self.site}, self.settings_key)
+        self._site_changed()
+
+    def _site_changed(self, *_):
+        voc = vocabulary(self.modality.value, self.site.value or None)
+        text = ", ".join(voc) if voc else "(none known: choose a site or a model with a vocabulary)"
+        self.targets.value = text if len(text) < 120 else text[:117] + "..."
+        self.targets.tooltip = ", ".join(voc)
+
+    def _sync(self, *_):
+        self.scope.visible = is_large(self.image.layer)
+
+    def start(self, *_):
+        layer = self.image.layer
+        if layer is None:
+            show_warning("Recognize all: open an image first (File > Open, or File > Open Sample).")
+            return None
+        site = self.site.value or None
+        policy = self.on_rerun.value
+        if is_large(layer) and self.scope.value == WHOLE_IMAGE:
+            out = Path(default_output_folder()) / f"{layer.name}.recognize.biomedparse.zarr"
+            return self.run.start(
+                F.slide_layers,
+                on_result=lambda r: add_result_layers(self.viewer, r, policy),
+                description="Recognize all (whole image)",
+                image=F.as_image_input(layer),
+                out=str(out),
+                recognize=True,
+                modality=self.modality.value,
+                site=site,
+                overwrite=True,
+                resume=False,
+            )
+        region = None
+        if is_large(layer):
+            try:
+                region = current_view_region(layer)
+            except ValueError as exc:
+                show_warning(f"Recognize all: {exc}")
+                return None
+        return self.run.start(
+            F.recognize_layer,
+            on_result=lambda r: add_result_layers(self.viewer, r, policy),
+            description="Recognize all",
+            image=F.as_image_input(layer),
+            modality=self.modality.value,
+            site=site,
+            p_threshold=float(self.p_threshold.value),
+            region=region,
+        )

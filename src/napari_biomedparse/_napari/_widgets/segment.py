@@ -1,0 +1,187 @@
+"""Segment widget: text prompts -> probabilities, masks or instances with boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    RadioButtons,
+)
+from napari.utils.notifications import show_warning
+
+from napari_biomedparse.inference.modalities import MODALITIES
+
+from .. import _functions as F
+from .._runner import RunControls
+from .._settings import remember, restore
+from ._common import (
+    ADD,
+    REPLACE,
+    ImageLayerChoice,
+    add_result_layers,
+    current_view_region,
+    default_output_folder,
+    is_large,
+    sites,
+    vocabulary,
+)
+
+OUTPUT_CHOICES = [
+    ("instances with boxes", "instances"),
+    ("masks", "masks"),
+    ("probabilities", "probabilities"),
+]
+CURRENT_VIEW = "current view"
+WHOLE_IMAGE = "whole image"
+
+
+class SegmentWidget(Container):
+    """Segment an image layer with one or more text prompts."""
+
+    settings_key = "segment"
+
+    def __init__(self, napari_viewer=None):
+        self.viewer = napari_viewer
+        self.image = ImageLayerChoice(napari_viewer, label="image")
+        self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
+        self.site = ComboBox(choices=[""], value="", label="site", visible=False)
+        self.vocabulary = ComboBox(choices=[""], label="targets")
+        self.add_prompt = PushButton(text="add target to prompts")
+        self.prompts = LineEdit(value="", label="prompts")
+        self.prompts.tooltip = "Comma-separated prompts; any free text is allowed."
+        self.threshold = FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, label="threshold")
+        self.existence_test = CheckBox(value=True, text="existence test")
+        self.p_threshold = FloatSpinBox(
+            value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
+        )
+        self.output = ComboBox(choices=OUTPUT_CHOICES, value="instances", label="output")
+        self.scope = RadioButtons(
+            choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False
+        )
+        self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier results")
+        self.run = RunControls("Segment")
+        super().__init__(
+            widgets=[
+                self.image,
+                self.modality,
+                self.site,
+                self.vocabulary,
+                self.add_prompt,
+                self.prompts,
+                self.threshold,
+                self.existence_test,
+                self.p_threshold,
+                self.output,
+                self.scope,
+                self.on_rerun,
+                self.run,
+            ]
+        )
+        self._persisted = {
+            "modality": self.modality,
+            "prompts": self.prompts,
+            "threshold": self.threshold,
+            "existence_test": self.existence_test,
+            "p_threshold": self.p_threshold,
+            "output": self.output,
+            "scope": self.scope,
+            "on_rerun": self.on_rerun,
+        }
+        restore({"modality": self.modality}, self.settings_key)
+        self._modality_changed()
+        restore(self._persisted, self.settings_key)
+        remember({**self._persisted, "site": self.site}, self.settings_key)
+        self.modality.changed.connect(self._modality_changed)
+        self.site.changed.connect(self._site_changed)
+        self.add_prompt.changed.connect(self._add_target)
+        self.existence_test.changed.connect(self._sync)
+        self.image.changed.connect(self._sync)
+        self.run.run_button.changed.connect(self.start)
+        self._sync()
+
+    # -- form logic
+    def _modality_changed(self, *_):
+        s = sites(self.modality.value)
+        self.site.choices = s or [""]
+        self.site.visible = bool(s)
+        restore({"site": self.site}, self.settings_key)
+        self._site_changed()
+
+    def _site_changed(self, *_):
+        voc = vocabulary(self.modality.value, self.site.value or None)
+        self.vocabulary.choices = voc or [""]
+        self.vocabulary.enabled = bool(voc)
+        self.add_prompt.enabled = bool(voc)
+
+    def _add_target(self, *_):
+        target = self.vocabulary.value
+        if not target:
+            return
+        current = [p.strip() for p in self.prompts.value.split(",") if p.strip()]
+        if target not in current:
+            current.append(target)
+        self.prompts.value = ", ".join(current)
+
+    def _sync(self, *_):
+        self.p_threshold.enabled = bool(self.existence_test.value)
+        self.scope.visible = is_large(self.image.layer)
+
+    @property
+    def prompt_list(self) -> list[str]:
+        return [p.strip() for p in self.prompts.value.replace(";", ",").split(",") if p.strip()]
+
+    # -- running
+    def start(self, *_):
+        layer = self.image.layer
+        if layer is None:
+            show_warning("Segment: open an image first (File > Open, or File > Open Sample).")
+            return None
+        prompts = self.prompt_list
+        if not prompts:
+            show_warning("Segment: type at least one prompt, e.g. 'neoplastic cells'.")
+            return None
+        site = self.site.value or None
+        policy = self.on_rerun.value
+        if is_large(layer) and self.scope.value == WHOLE_IMAGE:
+            out = Path(default_output_folder()) / f"{layer.name}.segment.biomedparse.zarr"
+            return self.run.start(
+                F.slide_layers,
+                on_result=lambda r: add_result_layers(self.viewer, r, policy),
+                description="Segment (whole image)",
+                image=F.as_image_input(layer),
+                out=str(out),
+                prompts=prompts,
+                recognize=False,
+                modality=self.modality.value,
+                site=site,
+                overwrite=True,
+                resume=False,
+            )
+        region = None
+        if is_large(layer):
+            try:
+                region = current_view_region(layer)
+            except ValueError as exc:
+                show_warning(f"Segment: {exc}")
+                return None
+        return self.run.start(
+            F.segment_layer,
+            on_result=lambda r: add_result_layers(self.viewer, r, policy),
+            description="Segment",
+            image=F.as_image_input(layer),
+            prompts=prompts,
+            modality=self.modality.value,
+            site=site,
+            threshold=float(self.threshold.value),
+            existence_test=bool(self.existence_test.value),
+            p_threshold=float(self.p_threshold.value),
+            output=self.output.value,
+            region=region,
+        )

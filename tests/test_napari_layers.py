@@ -1,0 +1,120 @@
+"""Result -> layer data conversion (pure functions, no viewer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_biomedparse._napari import _layers as L
+
+
+def _table():
+    return pd.DataFrame(
+        {
+            "label": [1, 2, 3],
+            "class_id": [1, 2, 1],
+            "class": ["neoplastic cells", "inflammatory cells", "neoplastic cells"],
+            "score": [0.9, 0.8, 0.7],
+            "p_value": [0.5, 0.3, 0.5],
+            "area": [4, 6, 9],
+            "area_um2": [1.0, 1.5, 2.25],
+            "centroid_y": [1.5, 5.0, 12.0],
+            "centroid_x": [1.5, 6.0, 12.0],
+            "bbox_y0": [1, 4, 11],
+            "bbox_x0": [1, 5, 11],
+            "bbox_y1": [3, 6, 14],
+            "bbox_x1": [3, 8, 14],
+            "mean_prob": [0.9, 0.8, 0.7],
+        }
+    )
+
+
+def test_class_colours_are_stable_and_distinct():
+    a = L.class_color("neoplastic cells")
+    assert np.allclose(a, L.class_color("Neoplastic Cells"))
+    assert not np.allclose(a, L.class_color("inflammatory cells"))
+    assert a.shape == (4,) and a[3] == 1.0
+
+
+def test_instance_labels_layer_features_and_colours():
+    labels = np.zeros((16, 16), np.int32)
+    labels[1:3, 1:3] = 1
+    labels[4:6, 5:8] = 2
+    labels[11:14, 11:14] = 3
+    data, kw, kind = L.instance_labels_layer(
+        labels, _table(), source="img", producer="recognize", scale=(0.5, 0.5), translate=(2, 3)
+    )
+    assert kind == "labels" and data is labels
+    f = kw["features"]
+    assert list(f["index"]) == [1, 2, 3]
+    for col in ("class", "score", "p_value", "area", "centroid_y", "centroid_x", "area_um2"):
+        assert col in f.columns
+    assert list(f["class"].astype(str)) == [
+        "neoplastic cells",
+        "inflammatory cells",
+        "neoplastic cells",
+    ]
+    cmap = kw["colormap"]
+    assert np.allclose(cmap[1], L.class_color("neoplastic cells"))
+    assert np.allclose(cmap[2], L.class_color("inflammatory cells"))
+    assert cmap[0][3] == 0
+    assert kw["scale"] == (0.5, 0.5) and kw["translate"] == (2.0, 3.0)
+    assert kw["name"] == "img instances (recognize)"
+
+
+def test_layers_build_real_napari_layers():
+    from napari.layers import Layer
+
+    labels = np.zeros((16, 16), np.int32)
+    labels[1:3, 1:3] = 1
+    labels[4:6, 5:8] = 2
+    labels[11:14, 11:14] = 3
+    lab = Layer.create(*L.instance_labels_layer(labels, _table()))
+    assert lab.features["class"].tolist()[1] == "inflammatory cells"
+    # napari colours label 2 with the class colour of "inflammatory cells"
+    assert np.allclose(lab.colormap.map(np.array([2]))[0], L.class_color("inflammatory cells"))
+    (sdata, skw, skind), note = L.shapes_layer(_table())
+    shapes = Layer.create(sdata, skw, skind)
+    assert note is None and len(shapes.data) == 3
+    assert shapes.shape_type == ["rectangle"] * 3
+    assert list(shapes.text.values) == [
+        "neoplastic cells",
+        "inflammatory cells",
+        "neoplastic cells",
+    ]
+    np.testing.assert_allclose(shapes.edge_color[1], L.class_color("inflammatory cells"))
+    probs = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    imgs = [Layer.create(*t) for t in L.probability_layers(probs, ["a", "b"], source="x")]
+    assert [i.name for i in imgs] == ["x a probability (segment)", "x b probability (segment)"]
+    cls = Layer.create(*L.class_map_layer(np.eye(4, dtype=np.uint8), ["tumor"], source="x"))
+    assert cls.features["class"].tolist() == ["tumor"]
+
+
+def test_shapes_outlines_are_subsampled_and_limited():
+    t = _table()
+    ring = np.stack([np.cos(np.linspace(0, 6.2, 100)), np.sin(np.linspace(0, 6.2, 100))], 1)
+    outlines = {1: ring * 2 + 5, 2: ring + 3, 3: ring + 10}
+    (data, kw, _), note = L.shapes_layer(t, outlines=outlines)
+    assert note is None
+    assert kw["shape_type"] == ["polygon"] * 3
+    assert all(len(d) <= L.MAX_VERTICES for d in data)
+    assert "outlines" in kw["name"]
+    # more objects than outlines allowed: boxes
+    (data, kw, _), note = L.shapes_layer(t, outlines=outlines, max_outlines=2)
+    assert kw["shape_type"] == ["rectangle"] * 3 and "boxes" in note
+    # more objects than shapes allowed: the highest scoring are drawn, the note says so
+    (data, kw, _), note = L.shapes_layer(t, max_shapes=2)
+    assert len(data) == 2 and "export" in note
+    assert list(kw["features"]["index"]) == [1, 2]
+    assert kw["metadata"]["biomedparse"]["n_total"] == 3
+
+
+def test_bboxes_accepts_several_layouts():
+    t = _table()
+    expected = t[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(float)
+    np.testing.assert_array_equal(L.bboxes(t), expected)
+    t2 = pd.DataFrame({"bbox": [tuple(r) for r in expected]})
+    np.testing.assert_array_equal(L.bboxes(t2), expected)
+    with pytest.raises(KeyError):
+        L.bboxes(pd.DataFrame({"label": [1]}))
