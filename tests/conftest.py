@@ -27,3 +27,35 @@ def plugin_model_state():
     MODEL.clear()
     yield MODEL
     MODEL.clear()
+
+
+def _tiny_predictor():
+    import dataclasses
+
+    from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.model import BiomedParseConfig, build_model, load_checkpoint
+
+    cfg = BiomedParseConfig.from_reference_json(TEST_DATA / "v1_tiny" / "config.json")
+    model = build_model(dataclasses.replace(cfg, input_size=256))  # fast on CPU
+    load_checkpoint(model, TEST_DATA / "v1_tiny" / "state_dict.pt")
+    return Predictor(model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bundled_predictor():
+    """A Predictor of the bundled default model (the tiny official-architecture fixture at
+    256 px when the package has no bundled weights yet)."""
+    try:
+        from napari_biomedparse.hub import load_model
+        from napari_biomedparse.inference.predictor import Predictor
+
+        return Predictor(load_model("default"), device="cpu")
+    except (ImportError, FileNotFoundError, OSError):
+        return _tiny_predictor()
+
+
+@pytest.fixture
+def plugin_model(plugin_model_state, bundled_predictor):
+    """The plugin's current model set to ``bundled_predictor``."""
+    plugin_model_state.use(bundled_predictor, name="default")
+    return plugin_model_state

@@ -53,10 +53,11 @@ def _dtype(precision: str):
 
 def load_predictor(spec: ModelSpec, progress=None):
     """Load the model of ``spec`` and wrap it in a Predictor (slow: call it in a worker)."""
+    arg = spec.load_arg()  # checks the file first: a bad path fails fast with a clear message
+
     from napari_biomedparse.hub import load_model
     from napari_biomedparse.inference.predictor import Predictor
 
-    arg = spec.load_arg()
     if progress is not None:
         progress(0, 2, f"loading model '{Path(arg).name}'")
     kwargs = {}
@@ -107,6 +108,16 @@ class ModelState:
             self._predictor = pred
             self._loaded = spec
         return pred
+
+    def use(self, model, *, name: str = "custom", device: str = "auto") -> None:
+        """Make an already built model (or Predictor) the current one (scripts, tests)."""
+        from napari_biomedparse.inference.predictor import Predictor
+
+        pred = model if isinstance(model, Predictor) else Predictor(model, device=device)
+        with self._lock:
+            self.spec = ModelSpec(source="checkpoint", checkpoint=name, device=device)
+            self._predictor = pred
+            self._loaded = self.spec
 
     def predictor(self, progress=None):
         """The Predictor of the configured model, loading it on first use."""
