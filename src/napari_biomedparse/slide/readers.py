@@ -219,8 +219,9 @@ def _open_openslide(path: Path, chunk: int) -> SlideImage:
         slide = openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError as exc:
         raise SlideReadError(
-            f"{path}: not a whole-slide format OpenSlide can read ({exc}). Supported: svs, "
-            "ndpi, mrxs, scn, bif, vms, vmu, svslide, tiled TIFF, DICOM-WSI, OME-TIFF, zarr."
+            f"{path}: OpenSlide cannot read this file ({exc}): it is not a supported "
+            "whole-slide format, or it is truncated or corrupt. Supported: svs, ndpi, mrxs, "
+            "scn, bif, vms, vmu, svslide, tiled TIFF, DICOM-WSI, OME-TIFF, zarr."
         ) from exc
     except openslide.OpenSlideError as exc:
         raise SlideReadError(
