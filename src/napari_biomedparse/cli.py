@@ -28,9 +28,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register_demo(subparsers)
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def _register_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="recognise every cell type in the bundled H&E slide with the bundled model",
+        description="The main job on the sample slide that ships with the package "
+        "(cmu_small_region.svs, Aperio, 0.499 um/px) and the bundled default model, offline: "
+        "writes the result store, a QuPath GeoJSON and a CSV table into OUT and prints the "
+        "objects found per class. Equivalent to `napari-biomedparse slide <sample> -o OUT "
+        "--geojson --csv`.",
+    )
+    p.add_argument("--out", default="biomedparse-demo", help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--overwrite", action="store_true", help="redo a finished demo run")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    slide = resources.files("napari_biomedparse") / "data" / "cmu_small_region.svs"
+    argv = ["slide", str(slide), "-o", args.out, "--geojson", "--csv", "--device", args.device]
+    if args.overwrite:
+        argv.append("--overwrite")
+    code = main(argv)
+    if code == 0:
+        print(
+            f"results in {args.out}/ (open the .geojson in QuPath, or the slide in napari "
+            "with the napari-biomedparse plugin)"
+        )
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("napari-biomedparse: interrupted; finished work is kept (rerun to resume).",
-              file=sys.stderr)
+        print(
+            "napari-biomedparse: interrupted; finished work is kept (rerun to resume).",
+            file=sys.stderr,
+        )
         return 130
     except (FileNotFoundError, FileExistsError, ValueError, PermissionError, OSError) as exc:
         print(f"napari-biomedparse: error: {exc}", file=sys.stderr)
