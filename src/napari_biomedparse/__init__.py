@@ -31,7 +31,16 @@ _LAZY = {
     "finetune": "napari_biomedparse.training.finetune",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "load_model",
+    "Predictor",
+    "open_image",
+    "process_slide",
+    "process_slides",
+    "SlideResult",
+    "finetune",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_biomedparse.hub import load_model
