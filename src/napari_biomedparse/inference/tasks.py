@@ -396,17 +396,32 @@ def instances_from_class_map(
     return labels, table
 
 
+def _predict_batches(predictor, rgb, targets, batch_size: int) -> np.ndarray:
+    """Probabilities (P, S, S) of all targets, ``batch_size`` coupled prompts per call.
+
+    batch_size 1 (official default) equals one call per target; the predictor decodes them from
+    one image encoding. Larger batches are coupled (official multi-prompt call); the image is
+    encoded once when the predictor offers ``encode``/``decode``.
+    """
+    if batch_size == 1:
+        return np.asarray(predictor.predict(rgb, targets, joint=False), dtype=np.float32)
+    batches = [targets[i : i + batch_size] for i in range(0, len(targets), batch_size)]
+    if hasattr(predictor, "encode") and hasattr(predictor, "decode"):
+        enc = predictor.encode(rgb)
+        chunks = [
+            predictor.decode(enc, b, joint=len(b) > 1).probabilities(*rgb.shape[:2])
+            for b in batches
+        ]
+    else:
+        chunks = [predictor.predict(rgb, b, joint=len(b) > 1) for b in batches]
+    return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks], axis=0)
+
+
 def _recognize_2d(
     predictor, arr, targets, it, channels, td, p_threshold, batch_size, kw, mpp, start=0
 ):
     rgb, info = preprocess(np.asarray(arr), it, channels=channels, size=_input_size(predictor))
-    chunks = []
-    for i in range(0, len(targets), batch_size):
-        batch = targets[i : i + batch_size]
-        chunks.append(
-            np.asarray(predictor.predict(rgb, batch, joint=len(batch) > 1), dtype=np.float32)
-        )
-    probs_sq = np.concatenate(chunks, axis=0)
+    probs_sq = _predict_batches(predictor, rgb, targets, batch_size)
     pv = existence_p_values(rgb, probs_sq, it, targets, td)
     probs = unpad(probs_sq, info)
     class_map, kept = recognize_maps(probs, targets, pv, p_threshold)
