@@ -35,7 +35,7 @@ class RecognizeWidget(Container):
         self.viewer = napari_viewer
         self.image = ImageLayerChoice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
-        self.site = ComboBox(choices=[""], value="", label="site", visible=False)
+        self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.targets = Label(value="", label="targets")
         self.p_threshold = FloatSpinBox(
             value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
@@ -72,10 +72,12 @@ class RecognizeWidget(Container):
         self.run.run_button.changed.connect(self.start)
         self._sync()
 
+    def _site_choices(self, *_):
+        return sites(self.modality.value) or [""]
+
     def _modality_changed(self, *_):
-        s = sites(self.modality.value)
-        self.site.choices = s or [""]
-        self.site.visible = bool(s)
+        self.site.reset_choices()
+        self.site.visible = bool(sites(self.modality.value))
         restore({"site": self.site}, self.settings_key)
         self._site_changed()
 

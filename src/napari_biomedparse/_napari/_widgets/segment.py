@@ -51,8 +51,8 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.image = ImageLayerChoice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
-        self.site = ComboBox(choices=[""], value="", label="site", visible=False)
-        self.vocabulary = ComboBox(choices=[""], label="targets")
+        self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
+        self.vocabulary = ComboBox(choices=self._vocab_choices, label="targets")
         self.add_prompt = PushButton(text="add target to prompts")
         self.prompts = LineEdit(value="", label="prompts")
         self.prompts.tooltip = "Comma-separated prompts; any free text is allowed."
@@ -107,16 +107,21 @@ class SegmentWidget(Container):
         self._sync()
 
     # -- form logic
+    def _site_choices(self, *_):
+        return sites(self.modality.value) or [""]
+
     def _modality_changed(self, *_):
-        s = sites(self.modality.value)
-        self.site.choices = s or [""]
-        self.site.visible = bool(s)
+        self.site.reset_choices()
+        self.site.visible = bool(sites(self.modality.value))
         restore({"site": self.site}, self.settings_key)
         self._site_changed()
 
+    def _vocab_choices(self, *_):
+        return vocabulary(self.modality.value, self.site.value or None) or [""]
+
     def _site_changed(self, *_):
-        voc = vocabulary(self.modality.value, self.site.value or None)
-        self.vocabulary.choices = voc or [""]
+        self.vocabulary.reset_choices()
+        voc = self._vocab_choices() != [""]
         self.vocabulary.enabled = bool(voc)
         self.add_prompt.enabled = bool(voc)
 

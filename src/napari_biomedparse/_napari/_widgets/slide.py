@@ -43,7 +43,7 @@ class SlideWidget(Container):
         self.viewer = napari_viewer
         self.image = ImageLayerChoice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
-        self.site = ComboBox(choices=[""], value="", label="site", visible=False)
+        self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.task = ComboBox(choices=[RECOGNIZE, PROMPTS], value=RECOGNIZE, label="task")
         self.prompts = LineEdit(value="", label="prompts", visible=False)
         self.mpp = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.05, label="pixel size (um)")
@@ -107,10 +107,12 @@ class SlideWidget(Container):
         self.open_button.changed.connect(self.open_results)
         self._sync()
 
+    def _site_choices(self, *_):
+        return sites(self.modality.value) or [""]
+
     def _modality_changed(self, *_):
-        s = sites(self.modality.value)
-        self.site.choices = s or [""]
-        self.site.visible = bool(s)
+        self.site.reset_choices()
+        self.site.visible = bool(sites(self.modality.value))
         restore({"site": self.site}, self.settings_key)
 
     def _sync(self, *_):

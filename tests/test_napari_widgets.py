@@ -1,0 +1,246 @@
+"""The widgets in a real napari viewer (under Xvfb): runs in thread workers, layers and
+features, re-running, cancelling, errors as notifications, remembered settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.io import imread
+
+from napari_biomedparse._napari._widgets._common import ADD, REPLACE
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("plugin_settings")]
+
+from pathlib import Path  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parent.parent / "src" / "napari_biomedparse" / "data"
+FEATURES = {"index", "class", "score", "p_value", "area", "centroid_y", "centroid_x"}
+
+
+@pytest.fixture
+def he_crop():
+    return imread(SAMPLES / "hgsc_nest.jpg")[200:456, 300:556]
+
+
+def _wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.run.running, timeout=timeout)
+    assert widget.run.last_outcome is not None
+
+
+def _hidden(widget) -> bool:
+    return widget.native.isHidden()
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [r for r in notification_manager.records if str(r.severity) == "error"]
+
+
+def _check_instances(layer):
+    labels = np.asarray(layer.data)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    feats = layer.features
+    assert FEATURES <= set(feats.columns)
+    assert sorted(feats["index"]) == list(ids)
+    areas = dict(zip(feats["index"], feats["area"]))
+    for i in ids[:5]:
+        assert areas[i] == np.count_nonzero(labels == i)
+
+
+def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plugin_model, he_crop):
+    from napari_biomedparse._napari._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he", scale=(0.5, 0.5), translate=(10, 20))
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.image.value == "he" and _hidden(w.scope)  # small image: no "whole image"
+    assert "neoplastic cells" in w.vocabulary.choices  # the modality's vocabulary is offered
+    w.vocabulary.value = "neoplastic cells"
+    w.add_prompt.clicked.emit()
+    w.prompts.value = w.prompts.value + ", my free text target"
+    assert w.prompt_list == ["neoplastic cells", "my free text target"]
+    w.existence_test.value = False
+    w.output.value = "instances"
+    worker = w.start()
+    assert worker is not None
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    names = [lay.name for lay in viewer.layers]
+    assert "he neoplastic cells instances (segment)" in names
+    assert "he my free text target instances (segment)" in names
+    shapes = [lay for lay in viewer.layers if lay._type_string == "shapes"]
+    assert len(shapes) == 1 and shapes[0].name.startswith("he ")
+    inst = viewer.layers["he neoplastic cells instances (segment)"]
+    _check_instances(inst)
+    assert set(inst.features["class"].astype(str)) <= {"neoplastic cells"}
+    # aligned with the image
+    np.testing.assert_allclose(inst.scale, [0.5, 0.5])
+    np.testing.assert_allclose(inst.translate, [10, 20])
+    np.testing.assert_allclose(shapes[0].scale, [0.5, 0.5])
+    assert (
+        len(shapes[0].data)
+        == len(viewer.layers["he my free text target instances (segment)"].features)
+        + len(inst.features)
+        or shapes[0].metadata["biomedparse"]["note"]
+    )
+    n = len(viewer.layers)
+
+    # re-run, replacing: the same layers, no duplicates
+    w.on_rerun.value = REPLACE
+    w.start()
+    _wait(qtbot, w)
+    assert len(viewer.layers) == n
+    # re-run, adding: a second set
+    w.on_rerun.value = ADD
+    w.start()
+    _wait(qtbot, w)
+    assert len(viewer.layers) == 2 * n - 1
+
+
+def test_segment_masks_and_probabilities(make_napari_viewer, qtbot, plugin_model, he_crop):
+    from napari_biomedparse._napari._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he")
+    w = SegmentWidget(viewer)
+    w.prompts.value = "neoplastic cells"
+    w.existence_test.value = True
+    w.output.value = "masks"
+    w.start()
+    _wait(qtbot, w)
+    mask = viewer.layers["he neoplastic cells mask (segment)"]
+    assert mask._type_string == "labels" and mask.data.shape == he_crop.shape[:2]
+    assert {"class", "p_value", "present"} <= set(mask.features.columns)
+    assert 0 <= float(mask.features["p_value"][0]) <= 1
+    w.output.value = "probabilities"
+    w.start()
+    _wait(qtbot, w)
+    prob = viewer.layers["he neoplastic cells probability (segment)"]
+    assert prob.data.dtype == np.float32 and prob.data.shape == he_crop.shape[:2]
+    assert 0 <= prob.data.min() and prob.data.max() <= 1
+
+
+def test_recognize_all(make_napari_viewer, qtbot, plugin_model, he_crop):
+    from napari_biomedparse._napari._widgets.recognize import RecognizeWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he")
+    w = RecognizeWidget(viewer)
+    assert "neoplastic cells" in w.targets.value
+    w.p_threshold.value = 0.0001
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    inst = viewer.layers["he instances (recognize)"]
+    classes = viewer.layers["he classes (recognize)"]
+    _check_instances(inst)
+    assert set(classes.features["class"]) >= {"neoplastic cells", "inflammatory cells"}
+    assert "p_value" in classes.features.columns
+    # every instance is coloured with its class colour
+    from napari_biomedparse._napari._layers import class_color
+
+    for idx, cls in list(zip(inst.features["index"], inst.features["class"].astype(str)))[:3]:
+        np.testing.assert_allclose(inst.colormap.map(np.array([idx]))[0], class_color(cls))
+    # class-map values are 1 + the index of class_names
+    vals = np.unique(classes.data)
+    assert vals.min() >= 0 and vals.max() <= len(classes.features)
+
+
+def test_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, plugin_model, he_crop):
+    from napari_biomedparse._napari._widgets.recognize import RecognizeWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he")
+    w = RecognizeWidget(viewer)
+    before = [lay.name for lay in viewer.layers]
+    # cancel as soon as the run reports progress (i.e. mid-run)
+    w.run._emitter.progress.connect(lambda *a: w.run.cancel())
+    w.start()
+    assert w.run.running and w.run.cancel_button.enabled
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "cancelled"
+    assert [lay.name for lay in viewer.layers] == before
+    assert w.run.run_button.enabled and not w.run.cancel_button.enabled
+
+
+def test_viewer_stays_responsive_during_run(make_napari_viewer, qtbot, plugin_model, he_crop):
+    """The GUI thread keeps processing events while the worker runs."""
+    from qtpy.QtCore import QTimer
+
+    from napari_biomedparse._napari._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he")
+    w = SegmentWidget(viewer)
+    w.prompts.value = "neoplastic cells"
+    w.output.value = "probabilities"
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(w.run.running))
+    timer.start(10)
+    w.start()
+    _wait(qtbot, w)
+    timer.stop()
+    assert sum(ticks) >= 3  # the event loop ran many times while the job was running
+
+
+def test_bad_checkpoint_gives_notification(make_napari_viewer, qtbot, plugin_model_state, tmp_path):
+    from napari_biomedparse._napari._widgets.model import ModelWidget
+
+    viewer = make_napari_viewer()
+    w = ModelWidget(viewer)
+    w.source.value = "checkpoint"
+    assert not _hidden(w.checkpoint)
+    w.checkpoint.value = str(tmp_path / "missing.pt")
+    n0 = len(_errors())
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "error"
+    errs = _errors()[n0:]
+    assert errs and "missing.pt" in errs[-1].message
+    assert "Model widget" in errs[-1].message  # says what to do
+    assert plugin_model_state.loaded_spec is None
+    # a corrupt file: also a notification, not a traceback
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    w.checkpoint.value = str(bad)
+    n1 = len(_errors())
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "error" and len(_errors()) == n1 + 1
+    assert plugin_model_state.loaded_spec is None
+
+
+def test_settings_are_remembered(make_napari_viewer, plugin_settings):
+    from napari_biomedparse._napari._widgets.model import ModelWidget
+    from napari_biomedparse._napari._widgets.segment import SegmentWidget
+    from napari_biomedparse._napari._widgets.slide import SlideWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    w.modality.value = "CT"
+    assert not _hidden(w.site) and "abdomen" in w.site.choices
+    w.site.value = "liver"
+    w.prompts.value = "tumor"
+    w.threshold.value = 0.3
+    w.existence_test.value = False
+    w.output.value = "masks"
+    s = SlideWidget(viewer)
+    s.tile_size.value = 512
+    s.output_folder.value = str(plugin_settings / "out")
+    m = ModelWidget(viewer)
+    assert _hidden(m.checkpoint)
+    m.device.value = "cpu"
+    assert (plugin_settings / "widgets.json").exists()
+    w2, s2, m2 = SegmentWidget(viewer), SlideWidget(viewer), ModelWidget(viewer)
+    assert (w2.modality.value, w2.site.value, w2.prompts.value) == ("CT", "liver", "tumor")
+    assert w2.threshold.value == pytest.approx(0.3)
+    assert w2.existence_test.value is False and w2.output.value == "masks"
+    assert "vessel" in w2.vocabulary.choices  # CT-Liver targets
+    assert s2.tile_size.value == 512 and str(s2.output_folder.value).endswith("out")
+    assert m2.device.value == "cpu"
+    for x in (w, s, m, w2, s2, m2):
+        x.native.deleteLater()
