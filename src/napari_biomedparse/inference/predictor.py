@@ -219,6 +219,7 @@ class Predictor:
     def predict(self, rgb_uint8: np.ndarray, prompts, joint: bool = False) -> np.ndarray:
         """Official ``interactive_infer_image``: float32 probabilities (P, H, W) at the input's
         size, one per prompt (``joint=True``: the official coupled multi-prompt call)."""
+        prompts = _check_prompts(prompts)
         enc = self.encode(rgb_uint8)
         res = self.decode(enc, prompts, joint=joint)
         with torch.inference_mode():

@@ -158,23 +158,29 @@ class SEEMDecoder(nn.Module):
         out = torch.bmm(mask_emb.reshape(b, s * q, c), mask_features.reshape(b, c, h * w))
         return out.view(b, s, q, h, w)
 
-    def _attn_mask(self, mask_emb, mask_features, full_masks, size) -> torch.Tensor:
+    @staticmethod
+    def _sampled_features(mask_features: torch.Tensor, size) -> torch.Tensor:
+        """The rows/columns of ``mask_features`` that a bilinear resize to ``size`` reads
+        (interleaved tap pairs), or the full map when the resize is not an even ratio."""
+        hm, wm = mask_features.shape[-2:]
+        ty, tx = bilinear_taps(hm, size[0]), bilinear_taps(wm, size[1])
+        if ty is None or tx is None:
+            return mask_features
+        feats = mask_features
+        if size[0] * 2 != hm:
+            feats = feats.index_select(2, torch.stack(ty, 1).flatten().to(feats.device))
+        if size[1] * 2 != wm:
+            feats = feats.index_select(3, torch.stack(tx, 1).flatten().to(feats.device))
+        return feats
+
+    def _attn_mask(self, mask_emb, sampled_features, full_masks, size) -> torch.Tensor:
         """Allowed-positions mask (B, S*Q, h*w) bool for the next cross-attention: bilinear
         resize of the mask logits to ``size``, ``sigmoid < 0.5`` blocked, fully blocked rows
-        reset to all allowed (official rule)."""
+        reset to all allowed (official rule). Mask logits are evaluated on
+        ``sampled_features`` (see :meth:`_sampled_features`) unless ``full_masks`` is given."""
         b, s, q = mask_emb.shape[:3]
         if full_masks is None:
-            hm, wm = mask_features.shape[-2:]
-            ty, tx = bilinear_taps(hm, size[0]), bilinear_taps(wm, size[1])
-            if ty is not None and tx is not None:
-                feats = mask_features
-                if size[0] * 2 != hm:
-                    feats = feats.index_select(2, torch.stack(ty, 1).flatten().to(feats.device))
-                if size[1] * 2 != wm:
-                    feats = feats.index_select(3, torch.stack(tx, 1).flatten().to(feats.device))
-                full_masks = self._masks(mask_emb, feats)
-            else:
-                full_masks = self._masks(mask_emb, mask_features)
+            full_masks = self._masks(mask_emb, sampled_features)
         hh, ww = full_masks.shape[-2:]
         m = F.interpolate(
             full_masks.reshape(b * s, q, hh, ww).float(),
@@ -270,6 +276,8 @@ class SEEMDecoder(nn.Module):
         cls_n = class_emb / (class_emb.norm(dim=-1, keepdim=True) + 1e-7)
         scale = self.lang_encoder.logit_scale.exp().clamp(max=100)
 
+        sampled_cache: dict = {}
+
         def predict(queries, next_size):
             captions, mask_emb, logits = self._heads(queries)
             full = self._masks(mask_emb, mask_features) if all_masks else None
@@ -280,7 +288,12 @@ class SEEMDecoder(nn.Module):
                 sim = scale * torch.einsum("bpqd,pd->bpq", v, cls_n)
             attn = None
             if next_size is not None:
-                attn = self._attn_mask(mask_emb, mask_features, full, next_size)
+                sampled = None
+                if full is None:
+                    if next_size not in sampled_cache:
+                        sampled_cache[next_size] = self._sampled_features(mask_features, next_size)
+                    sampled = sampled_cache[next_size]
+                attn = self._attn_mask(mask_emb, sampled, full, next_size)
             pred = {
                 "pred_masks": full,
                 "pred_captions": captions,
