@@ -88,7 +88,9 @@ def _channels(text: str | None):
     try:
         idx = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
-        raise ValueError(f"--channels must be comma-separated integers, e.g. 0,2; got {text!r}")
+        raise ValueError(
+            f"--channels must be comma-separated integers, e.g. 0,2; got {text!r}"
+        ) from None
     return idx
 
 

@@ -133,7 +133,7 @@ def resolve_split_params(
     if min_distance is None:
         min_distance = max(2, int(round(0.6 * radius)))
     if h is None:
-        h = max(0.75, 0.12 * radius)
+        h = max(0.5, 0.07 * radius)
     if smooth_sigma is None:
         smooth_sigma = max(0.5, 0.1 * radius)
     if min_size < 0 or min_distance < 1 or h < 0 or smooth_sigma < 0:
@@ -207,9 +207,10 @@ def split_instances(
 
     The defaults scale with the typical object radius ``r`` (the median inscribed radius of the
     connected components, see :func:`estimate_object_radius`): ``min_size = pi r^2 / 8``,
-    ``min_distance = 0.6 r``, ``h = max(0.75, 0.12 r)``, ``smooth_sigma = max(0.5, 0.1 r)``
+    ``min_distance = 0.6 r``, ``h = max(0.5, 0.07 r)``, ``smooth_sigma = max(0.5, 0.1 r)``
     (all in pixels). On the ``hgsc_nest`` H&E nuclei (r ~ 7 px) this recovers the annotated
-    instances from their union with a panoptic quality of about 0.9 (docs/benchmarks.md).
+    instances from their union with a panoptic quality of 0.98 overall and 0.89 on the clumps of
+    touching nuclei (docs/benchmarks.md).
 
     Args:
         mask: (H, W) bool (or integer, non-zero = foreground) semantic mask.

@@ -1,0 +1,166 @@
+"""Instances from semantic masks: splitting quality on real annotations, measurements, outlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_biomedparse.inference.instances import (
+    TABLE_COLUMNS,
+    estimate_object_radius,
+    instance_outlines,
+    instance_table,
+    panoptic_quality,
+    relabel_sequential,
+    split_instances,
+)
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="module")
+def hgsc():
+    return np.load(DATA / "hgsc_nest_inst_mask.npz")["nuc_raster"]
+
+
+def _clumps(gt):
+    comp, n = ndi.label(gt > 0)
+    pairs = np.unique(np.stack([comp[gt > 0], gt[gt > 0]]), axis=1)
+    per = np.bincount(pairs[0], minlength=n + 1)
+    return (per[comp] >= 2) & (gt > 0)
+
+
+def test_panoptic_quality_on_touching_hne_nuclei(hgsc):
+    """Union of the 1294 annotated nuclei in, instances out (docs/benchmarks.md)."""
+    union = hgsc > 0
+    pred = split_instances(union)
+    assert pred.dtype == np.int32 and pred.shape == hgsc.shape
+    # never outside the mask, except small holes that are filled
+    assert ((pred > 0) <= ndi.binary_fill_holes(union)).all()
+    assert ((pred > 0) & ~union).sum() < 0.001 * union.sum()
+    res = panoptic_quality(hgsc, pred)
+    baseline = panoptic_quality(hgsc, ndi.label(union)[0])
+    assert res["pq"] >= 0.95 and res["pq"] > baseline["pq"] + 0.03, (res, baseline)
+    # the touching nuclei: components of the union holding >= 2 true nuclei (79 clumps)
+    clump = _clumps(hgsc)
+    inside = np.unique(pred[clump])
+    res_c = panoptic_quality(
+        np.where(clump, hgsc, 0), np.where(np.isin(pred, inside[inside > 0]), pred, 0)
+    )
+    assert res_c["pq"] >= 0.85, res_c  # measured 0.891 (connected components: 0.343)
+
+
+def test_fluorescence_nuclei():
+    import tifffile
+
+    gt = tifffile.imread(DATA / "stardist_mask2d.tif")
+    pred = split_instances(gt > 0)
+    assert panoptic_quality(gt, pred)["pq"] >= 0.93  # measured 0.949
+
+
+def test_size_aware_defaults_follow_the_scale(hgsc):
+    crop = hgsc[400:700, 400:700]
+    small = split_instances(crop > 0)
+    big_mask = np.kron(crop > 0, np.ones((3, 3), bool))  # the same nuclei, 3x larger
+    big = split_instances(big_mask)
+    r_small = estimate_object_radius(crop > 0)
+    r_big = estimate_object_radius(big_mask)
+    assert r_big == pytest.approx(3 * r_small, rel=0.15)
+    assert abs(int(big.max()) - int(small.max())) <= max(2, 0.05 * small.max())
+    up = np.kron(crop, np.ones((3, 3), crop.dtype))
+    assert panoptic_quality(up, big)["pq"] >= 0.9
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.hypot(yy - cy, xx - cx) <= r
+
+
+def test_touching_discs_split_ellipse_kept_fragments_removed():
+    shape = (80, 120)
+    pair = _disc(shape, 40, 30, 12) | _disc(shape, 40, 52, 12)  # touching, neck ~ 7 px
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    ellipse = ((yy - 40) / 8.0) ** 2 + ((xx - 95) / 20.0) ** 2 <= 1  # elongated: one object
+    frag = np.zeros(shape, bool)
+    frag[5:7, 5:7] = True  # 4 px speck
+    lab = split_instances(pair | ellipse | frag)
+    assert lab.max() == 3
+    assert lab[40, 30] != lab[40, 52] and lab[40, 30] > 0 and lab[40, 52] > 0
+    assert len(np.unique(lab[ellipse])) == 1 and lab[40, 95] > 0
+    assert (lab[frag] == 0).all()
+    # parameters are exposed: a huge min_distance keeps the pair together, min_size=1 keeps specks
+    lab2 = split_instances(pair | frag, min_distance=40, min_size=1)
+    assert lab2[40, 30] == lab2[40, 52] and (lab2[frag] > 0).all()
+
+
+def test_split_errors_and_empty():
+    assert split_instances(np.zeros((10, 10), bool)).max() == 0
+    with pytest.raises(ValueError, match="threshold the probability map"):
+        split_instances(np.random.default_rng(0).random((10, 10)))
+    with pytest.raises(ValueError, match="2-D mask"):
+        split_instances(np.zeros((2, 10, 10), bool))
+    with pytest.raises(ValueError, match="same image"):
+        split_instances(np.ones((10, 10), bool), prob=np.ones((5, 5)))
+
+
+def test_instance_table_values():
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:8] = 5  # 4 x 5 = 20 px
+    labels[10:15, 20:22] = 9  # 5 x 2 = 10 px
+    classes = np.zeros_like(labels)
+    classes[labels == 5] = 2
+    classes[labels == 9] = 1
+    classes[10, 20] = 2  # one pixel of instance 9 has the other class: majority decides
+    probs = np.zeros((2, 20, 30), np.float32)
+    probs[0][labels == 9] = 0.8
+    probs[1][labels == 5] = 0.6
+    t = instance_table(labels, classes, probs, ["cat", "dog"], p_values=[0.3, 0.7], mpp=0.5)
+    assert list(t.columns) == TABLE_COLUMNS and len(t) == 2
+    a, b = t.set_index("label").loc[5], t.set_index("label").loc[9]
+    assert (a["class"], a["class_id"], a["area"], a["p_value"]) == ("dog", 2, 20, 0.7)
+    assert a["area_um2"] == pytest.approx(20 * 0.25)
+    assert (a["centroid_y"], a["centroid_x"]) == pytest.approx((3.5, 5.0))
+    assert (a["bbox_y0"], a["bbox_x0"], a["bbox_y1"], a["bbox_x1"]) == (2, 3, 6, 8)
+    assert a["mean_prob"] == pytest.approx(0.6) and a["score"] == pytest.approx(0.6)
+    assert (b["class"], b["area"], b["p_value"]) == ("cat", 10, 0.3)
+    assert b["mean_prob"] == pytest.approx(0.8)
+    assert b["score"] == pytest.approx(0.8 * 9 / 10)  # purity 9 / 10
+    empty = instance_table(np.zeros((4, 4), int), None, None, ["x"])
+    assert list(empty.columns) == TABLE_COLUMNS and len(empty) == 0
+    no_mpp = instance_table(labels, classes, probs, ["cat", "dog"])
+    assert no_mpp["area_um2"].isna().all() and no_mpp["p_value"].isna().all()
+
+
+def _shoelace(poly):
+    y, x = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def test_outlines_are_polygons_of_each_instance(hgsc):
+    crop = relabel_sequential(hgsc[:300, :300])
+    outlines = instance_outlines(crop)
+    assert set(outlines) == set(np.unique(crop[crop > 0]).tolist())
+    areas = np.bincount(crop.ravel())
+    objs = ndi.find_objects(crop)
+    for lab, poly in outlines.items():
+        assert poly.ndim == 2 and poly.shape[1] == 2 and len(poly) >= 3
+        assert not np.allclose(poly[0], poly[-1])  # closed ring, first vertex not repeated
+        sl = objs[lab - 1]
+        assert poly[:, 0].min() >= sl[0].start - 0.5 and poly[:, 0].max() <= sl[0].stop - 0.5
+        assert poly[:, 1].min() >= sl[1].start - 0.5 and poly[:, 1].max() <= sl[1].stop - 0.5
+        if areas[lab] >= 50:  # iso-contour at 0.5: area within a few percent of the pixel count
+            assert _shoelace(poly) == pytest.approx(areas[lab], rel=0.12)
+    square = np.zeros((10, 10), int)
+    square[2:6, 3:7] = 1
+    assert _shoelace(instance_outlines(square)[1]) == pytest.approx(16 - 0.5)
+
+
+def test_panoptic_quality_basics(hgsc):
+    crop = hgsc[:200, :200]
+    perm = relabel_sequential(crop)
+    assert panoptic_quality(crop, perm)["pq"] == pytest.approx(1.0)
+    res = panoptic_quality(crop, np.zeros_like(crop))
+    assert res["pq"] == 0.0 and res["fn"] == len(np.unique(crop)) - 1
