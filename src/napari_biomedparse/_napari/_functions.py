@@ -74,6 +74,7 @@ class ImageInput:
     path: str | None = None
     rgb: bool | None = None
     metadata: dict = field(default_factory=dict)
+    units: tuple[str, str] | None = None  # e.g. ("micrometer", "micrometer"); None = pixels
 
     @property
     def multiscale(self) -> bool:
@@ -108,6 +109,7 @@ def as_image_input(image, *, name=None, scale=None, translate=None, mpp=None) ->
             path=meta.get("path") or (str(src) if src else None),
             rgb=bool(getattr(image, "rgb", False)),
             metadata=meta,
+            units=_units(image),
         )
     else:
         inp = ImageInput(data=image)
@@ -120,6 +122,14 @@ def as_image_input(image, *, name=None, scale=None, translate=None, mpp=None) ->
     if mpp is not None:
         inp.mpp = float(mpp)
     return inp
+
+
+def _units(layer) -> tuple[str, str] | None:
+    units = getattr(layer, "units", None)
+    if units is None:
+        return None
+    names = tuple(str(u) for u in units)[-2:]
+    return None if all(n in ("pixel", "px") for n in names) else names
 
 
 def _to_numpy(arr) -> np.ndarray:
@@ -266,6 +276,19 @@ def segment_layer(
         check_cancel(cancel)
         out = _detection_layers(det, inp.name, producer, output, scale, translate)
     _report(progress, total, total, "done")
+    return _tag(out, inp)
+
+
+def _tag(out: list[LayerDataTuple], inp: ImageInput) -> list[LayerDataTuple]:
+    """Record the source image's transform (for the writer's pixel coordinates)."""
+    for _data, kw, _kind in out:
+        bp = kw.setdefault("metadata", {}).setdefault("biomedparse", {})
+        bp["image_scale"] = tuple(inp.scale)
+        bp["image_translate"] = tuple(inp.translate)
+        if inp.mpp:
+            bp["image_mpp"] = float(inp.mpp)
+        if inp.units:
+            kw["units"] = inp.units
     return out
 
 
@@ -367,7 +390,7 @@ def recognize_layer(
     check_cancel(cancel)
     out = _recognition_layers(rec, inp.name, "recognize", scale, translate)
     _report(progress, total, total, "done")
-    return out
+    return _tag(out, inp)
 
 
 def _recognition_layers(rec, source, producer, scale, translate):
@@ -418,7 +441,6 @@ def slide_layers(
     prompts: Sequence[str] | None = None,
     recognize: bool = True,
     modality: str = "pathology",
-    site: str | None = None,
     mpp: float | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -448,8 +470,6 @@ def slide_layers(
         "progress": progress,
         "cancel": cancel,
     }
-    if site:
-        kwargs["site"] = site
     kwargs["model"] = model if model is not None else _current_model_or_default()
     res = process_slide(source, out, **{k: v for k, v in kwargs.items() if v is not None})
     check_cancel(cancel)
@@ -463,80 +483,89 @@ def _current_model_or_default():
     return MODEL.model_for_engine()
 
 
-def _multiscale(obj, attr: str):
-    v = getattr(obj, attr, None)
-    if v is None:
+def _store_outlines(res, table, limit: int) -> dict | None:
+    """label -> (K, 2) yx ring (level-0 pixel-edge coordinates) from the store, or None
+    when there are too many objects to draw outlines."""
+    if table is None or len(table) == 0 or len(table) > limit:
         return None
-    if callable(v):
-        levels = []
-        i = 0
-        while True:
-            try:
-                lv = v(i)
-            except (IndexError, KeyError, ValueError):
-                break
-            if lv is None:
-                break
-            levels.append(lv)
-            i += 1
-            if i > 20:
-                break
-        return levels or None
-    return list(v) if isinstance(v, list | tuple) else [v]
+    try:
+        df = res.outlines
+    except (OSError, KeyError, ValueError):
+        return None
+    out = {}
+    for lab, ys, xs in zip(df["label"], df["y"], df["x"]):
+        ring = np.column_stack([np.asarray(ys, np.float64), np.asarray(xs, np.float64)])
+        if len(ring) > 1 and np.allclose(ring[0], ring[-1]):
+            ring = ring[:-1]
+        out[int(lab)] = ring
+    return out
 
 
 def result_layers(res, *, source_name: str | None = None, image: ImageInput | None = None):
-    """Layers for a :class:`SlideResult` (of a run now or opened from its store)."""
+    """Layers for a :class:`~napari_biomedparse.slide.engine.SlideResult`.
+
+    Labels (instances, with features) and the class map are multiscale and read lazily from
+    the store. They sit at the engine's target resolution (``res.scale`` slide pixels per
+    pixel), so their napari ``scale`` is the image's times ``res.scale``, shifted by half a
+    pixel difference so that pixel centres line up. Shapes use level-0 slide pixels; only
+    what napari can draw is drawn (see :func:`._layers.shapes_layer`), the full set is in the
+    store and its export (``res.to_geojson``, the writer).
+    """
     table = res.table
-    labels = _multiscale(res, "labels")
-    classes = _multiscale(res, "classes")
+    labels = list(res.labels or [])
+    classes = list(res.classes or [])
     name = source_name or Path(str(res.path)).name.split(".")[0]
-    scale = image.scale if image is not None else None
-    translate = image.translate if image is not None else None
-    mpp = getattr(res, "mpp", None)
-    if scale is None and mpp:
-        scale = (float(mpp), float(mpp))
-    names = list(getattr(res, "class_names", None) or [])
-    if not names and table is not None and len(table) and "class" in table.columns:
-        if "class_id" in table.columns:
-            pairs = table[["class_id", "class"]].drop_duplicates().sort_values("class_id")
-            names = [""] * int(pairs["class_id"].max())
-            for cid, cname in pairs.itertuples(index=False):
-                names[int(cid) - 1] = str(cname)
-        else:
-            names = sorted(set(table["class"].astype(str)))
-    meta = {"store": str(res.path)}
+    if image is not None:
+        S, T = tuple(image.scale), tuple(image.translate)
+    else:
+        mpp0 = float(res.mpp) / float(res.scale)  # level-0 microns per pixel
+        S, T = (mpp0, mpp0), (0.0, 0.0)
+    k = float(res.scale)
+    lab_scale = (S[0] * k, S[1] * k)
+    lab_translate = (T[0] + S[0] * (k - 1) / 2, T[1] + S[1] * (k - 1) / 2)
+    names = list(res.class_names)
+    meta = {"store": str(res.path), "image_scale": S, "image_translate": T}
+    units = image.units if image is not None else ("micrometer", "micrometer")
     out = []
-    if labels is not None:
-        out.append(
-            _layers.instance_labels_layer(
-                labels if len(labels) > 1 else labels[0],
-                table,
-                source=name,
-                producer="slide",
-                scale=scale,
-                translate=translate,
-                multiscale=len(labels) > 1,
-                metadata=meta,
-            )
+    if labels:
+        data, kw, kind = _layers.instance_labels_layer(
+            labels if len(labels) > 1 else labels[0],
+            table,
+            source=name,
+            producer="slide",
+            scale=lab_scale,
+            translate=lab_translate,
+            multiscale=len(labels) > 1,
+            metadata=meta,
         )
-    if classes is not None:
-        out.append(
-            _layers.class_map_layer(
-                classes if len(classes) > 1 else classes[0],
-                names,
-                source=name,
-                producer="slide",
-                scale=scale,
-                translate=translate,
-                multiscale=len(classes) > 1,
-            )
+        out.append((data, kw, kind))
+    if classes:
+        data, kw, kind = _layers.class_map_layer(
+            classes if len(classes) > 1 else classes[0],
+            names,
+            source=name,
+            producer="slide",
+            scale=lab_scale,
+            translate=lab_translate,
+            multiscale=len(classes) > 1,
         )
+        kw["metadata"]["biomedparse"].update(meta)
+        out.append((data, kw, kind))
     if table is not None and len(table):
-        shapes, note = _layers.shapes_layer(
-            table, source=name, producer="slide", scale=scale, translate=translate, metadata=meta
+        shapes, _note = _layers.shapes_layer(
+            table,
+            outlines=_store_outlines(res, table, _layers.MAX_OUTLINES),
+            outline_offset=-0.5,
+            source=name,
+            producer="slide",
+            scale=S,
+            translate=T,
+            metadata=meta,
         )
         out.append(shapes)
+    if units:
+        for _d, kw, _k in out:
+            kw["units"] = units
     return out
 
 

@@ -54,13 +54,15 @@ _PALETTE = [
 ]
 
 # Fixed colours for common pathology classes, close to QuPath's defaults.
+# (The five PanNuke classes use the slide engine's GeoJSON colours, so that napari and
+# QuPath show the same colour for a class.)
 _KNOWN = {
-    "neoplastic cells": (200, 0, 0),
+    "neoplastic cells": (255, 0, 0),
     "tumor": (200, 0, 0),
-    "inflammatory cells": (160, 90, 160),
-    "connective tissue cells": (150, 200, 150),
-    "epithelial cells": (0, 130, 200),
-    "dead cells": (50, 50, 50),
+    "inflammatory cells": (0, 200, 0),
+    "connective tissue cells": (0, 80, 255),
+    "epithelial cells": (255, 160, 0),
+    "dead cells": (255, 255, 0),
     "necrosis": (50, 50, 50),
     "cell": (255, 200, 0),
     "nuclei": (255, 200, 0),
@@ -277,6 +279,7 @@ def shapes_layer(
     table: pd.DataFrame,
     *,
     outlines: dict | None = None,
+    outline_offset: float = 0.0,
     source: str = "image",
     producer: str = "segment",
     scale=None,
@@ -288,7 +291,8 @@ def shapes_layer(
     """Shapes of instance outlines (or boxes) with the class as text, in the class colour.
 
     What napari can draw is limited: outlines are used up to ``max_outlines`` objects (each
-    subsampled to at most ``MAX_VERTICES`` vertices), boxes beyond that, and at most
+    subsampled to at most ``MAX_VERTICES`` vertices; ``outline_offset`` is added to the
+    vertices, -0.5 for outlines in pixel-edge coordinates), boxes beyond that, and at most
     ``max_shapes`` objects (the highest scoring) are drawn. Returns the layer tuple and a
     note saying what was left out (``None`` when everything is drawn); the full set is in the
     instance table and its export.
@@ -317,10 +321,12 @@ def shapes_layer(
         label = int(feats["index"].iloc[i])
         poly = outlines.get(label) if use_outlines else None
         if poly is not None and len(poly) >= 3:
-            data.append(_subsample(poly))
+            data.append(_subsample(poly) + outline_offset)
             types.append("polygon")
         else:
-            y0, x0, y1, x1 = boxes[i]
+            # table boxes are half-open pixel index ranges; napari puts pixel centres at
+            # integer coordinates, so the box edges are half a pixel out
+            y0, x0, y1, x1 = boxes[i] - 0.5
             data.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=np.float64))
             types.append("rectangle")
     sub = feats.iloc[order].reset_index(drop=True)

@@ -127,10 +127,11 @@ class ModelState:
             return self.load(self.spec, progress=progress)
 
     def model_for_engine(self):
-        """What to pass as ``model=`` to the slide engine: the loaded model if any."""
+        """What to pass as ``model=`` to the slide engine: the loaded Predictor if any, else
+        the configured model's name or path (the engine loads it)."""
         with self._lock:
             if self._predictor is not None and self._loaded == self.spec:
-                return self._predictor.model
+                return self._predictor
             return self.spec.load_arg()
 
     def clear(self):

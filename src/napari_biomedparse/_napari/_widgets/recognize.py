@@ -107,7 +107,6 @@ class RecognizeWidget(Container):
                 out=str(out),
                 recognize=True,
                 modality=self.modality.value,
-                site=site,
                 overwrite=True,
                 resume=False,
             )

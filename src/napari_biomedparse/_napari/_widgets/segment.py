@@ -165,7 +165,6 @@ class SegmentWidget(Container):
                 prompts=prompts,
                 recognize=False,
                 modality=self.modality.value,
-                site=site,
                 overwrite=True,
                 resume=False,
             )

@@ -27,7 +27,6 @@ from ._common import (
     ImageLayerChoice,
     add_result_layers,
     default_output_folder,
-    sites,
 )
 
 RECOGNIZE = "recognize all"
@@ -43,7 +42,6 @@ class SlideWidget(Container):
         self.viewer = napari_viewer
         self.image = ImageLayerChoice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
-        self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.task = ComboBox(choices=[RECOGNIZE, PROMPTS], value=RECOGNIZE, label="task")
         self.prompts = LineEdit(value="", label="prompts", visible=False)
         self.mpp = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.05, label="pixel size (um)")
@@ -69,7 +67,6 @@ class SlideWidget(Container):
             widgets=[
                 self.image,
                 self.modality,
-                self.site,
                 self.task,
                 self.prompts,
                 self.mpp,
@@ -99,21 +96,11 @@ class SlideWidget(Container):
             "on_rerun": self.on_rerun,
         }
         restore(persisted, self.settings_key)
-        self._modality_changed()
-        remember({**persisted, "site": self.site}, self.settings_key)
-        self.modality.changed.connect(self._modality_changed)
+        remember(persisted, self.settings_key)
         self.task.changed.connect(self._sync)
         self.run.run_button.changed.connect(self.start)
         self.open_button.changed.connect(self.open_results)
         self._sync()
-
-    def _site_choices(self, *_):
-        return sites(self.modality.value) or [""]
-
-    def _modality_changed(self, *_):
-        self.site.reset_choices()
-        self.site.visible = bool(sites(self.modality.value))
-        restore({"site": self.site}, self.settings_key)
 
     def _sync(self, *_):
         self.prompts.visible = self.task.value == PROMPTS
@@ -152,7 +139,6 @@ class SlideWidget(Container):
             prompts=prompts,
             recognize=prompts is None,
             modality=self.modality.value,
-            site=self.site.value or None,
             mpp=float(self.mpp.value) or None,
             tile_size=int(self.tile_size.value) or None,
             overlap=None if int(self.overlap.value) < 0 else int(self.overlap.value),
