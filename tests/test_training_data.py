@@ -55,7 +55,7 @@ def test_to_rgb_uint8_fluorescence():
     import tifffile
 
     img = tifffile.imread(PKG_DATA / "stardist_img2d.tif")
-    rgb = to_rgb_uint8(img)
+    rgb = to_rgb_uint8(img, "fluorescence")
     assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8
     assert (rgb[..., 0] == rgb[..., 2]).all() and rgb.max() == 255
     with pytest.raises(ValueError, match="2-D grey"):

@@ -133,45 +133,34 @@ class AnnotatedImage:
 # conversion of acquisitions to RGB uint8
 
 
-def to_rgb_uint8(image: np.ndarray, lower_pct: float = 0.5, upper_pct: float = 99.5) -> np.ndarray:
-    """Convert an image to (H, W, 3) uint8 RGB the way the BiomedParse presets do.
+def to_rgb_uint8(image: np.ndarray, modality: str = "pathology") -> np.ndarray:
+    """Convert an image to (H, W, 3) uint8 RGB with the modality's preset intensity scaling.
 
-    uint8 RGB passes unchanged; RGBA drops alpha. Grey (H, W) or (H, W, 1) images and
-    non-uint8 RGB are clipped to the ``lower_pct`` / ``upper_pct`` percentiles of their
-    positive pixels, scaled to 0..255 and (grey) stacked to three identical channels, as the
-    official ``process_intensity_image`` does for non-CT images.
+    Delegates to :func:`napari_biomedparse.inference.preprocessing.to_rgb_uint8`, so training
+    sees exactly what the Predictor feeds the model: uint8 RGB passes unchanged; grey and
+    non-uint8 images are clipped to the 0.5th / 99.5th percentiles of their positive pixels,
+    scaled to 0..255 and (grey) stacked to three channels (official ``process_intensity_image``).
 
     Args:
         image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array of any numeric dtype.
+        modality: modality name ("pathology", "fluorescence", ...).
 
     Returns:
         (H, W, 3) uint8.
     """
+    from napari_biomedparse.inference.preprocessing import to_rgb_uint8 as preset
+
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
-    if a.ndim == 3 and a.shape[2] == 4:
-        a = a[..., :3]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise ValueError(
             f"expected a 2-D grey or (H, W, 3) RGB image, got shape {a.shape}; for stacks or "
             "multi-channel images pick one plane / channel (or three channels) first."
         )
     if a.dtype == np.uint8 and a.ndim == 3:
-        return a
-    f = a.astype(np.float64)
-    pos = f[f > 0]
-    if pos.size == 0:
-        out = np.zeros(a.shape[:2] + (3,), np.uint8)
-        return out
-    lo, hi = np.percentile(pos, [lower_pct, upper_pct])
-    f = np.clip(f, lo, hi)
-    fmin, fmax = f.min(), f.max()
-    f = (f - fmin) / max(fmax - fmin, 1e-12) * 255.0
-    f = f.astype(np.uint8)
-    if f.ndim == 2:
-        f = np.repeat(f[..., None], 3, axis=2)
-    return f
+        return np.ascontiguousarray(a[..., :3])
+    return preset(a, modality)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +241,7 @@ def from_arrays(
         classes = (lab > 0).astype(np.int32) * value
     else:
         classes = lab
-    rgb = to_rgb_uint8(image)
+    rgb = to_rgb_uint8(image, modality)
     if rgb.shape[:2] != lab.shape:
         raise ValueError(
             f"image shape {rgb.shape[:2]} and labels shape {lab.shape} differ: the Labels layer "
@@ -531,35 +520,55 @@ class TileSampler:
         ]
         w = np.array([max(a.weight, 0.0) for a in self.images], float)
         self._p = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
-        self._valid = [self._valid_origins(a) for a in self.images]
-        for a, v in zip(self.images, self._valid):
-            if v is not None and not v.any():
+        # integral images of the ignored pixels: O(1) test of a tile origin
+        self._ii = [
+            None
+            if a.ignore is None or not a.ignore.any()
+            else np.pad(a.ignore.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            for a in self.images
+        ]
+        for i, a in enumerate(self.images):
+            if self._ii[i] is not None and not self._origins(i, self.tile_size).any():
                 raise ValueError(
                     f"{a.name}: no {self.tile_size} x {self.tile_size} tile fits in its "
                     "trainable (not ignored) area; use a smaller tile size or ignore less."
                 )
 
-    def _valid_origins(self, a: AnnotatedImage, size: int | None = None) -> np.ndarray | None:
-        """(H-s+1, W-s+1) bool of tile origins whose tile contains no ignored pixel."""
-        s = size or self.tile_size
-        h, w = a.shape
-        if a.ignore is None or not a.ignore.any():
-            return None
+    def _origins(self, i: int, s: int) -> np.ndarray:
+        """(H-s+1, W-s+1) bool of the tile origins of image i whose s x s tile has no ignored
+        pixel."""
+        ii = self._ii[i]
+        h, w = self.images[i].shape
         if h < s or w < s:
             return np.zeros((1, 1), bool)
-        ii = np.pad(a.ignore.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        tot = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]
-        return tot == 0
+        return (ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]) == 0
 
-    def tile(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """One augmented tile.
+    def _draw_origin(self, i: int, s: int, rng: np.random.Generator) -> tuple[int, int] | None:
+        h, w = self.images[i].shape
+        ii = self._ii[i]
+        if ii is None:
+            return int(rng.integers(0, max(h - s, 0) + 1)), int(rng.integers(0, max(w - s, 0) + 1))
+        if h < s or w < s:
+            return None
+        for _ in range(200):  # rejection sampling with the integral image
+            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            if ii[y + s, x + s] - ii[y, x + s] - ii[y + s, x] + ii[y, x] == 0:
+                return y, x
+        ys, xs = np.nonzero(self._origins(i, s))  # small trainable area: enumerate
+        if ys.size == 0:
+            return None
+        k = int(rng.integers(0, ys.size))
+        return int(ys[k]), int(xs[k])
+
+    def tile(self, rng: np.random.Generator | None = None) -> tuple:
+        """One augmented tile (drawn with ``rng``, default the sampler's own generator).
 
         Returns:
             rgb (S, S, 3) uint8, masks (P, S, S) bool (one per ``self.prompts``), known (P,) bool
             (the prompt belongs to this image's vocabulary: its mask is meaningful even if
             empty), index of the source image.
         """
-        rng = self.rng
+        rng = self.rng if rng is None else rng
         i = int(rng.choice(len(self.images), p=self._p))
         a = self.images[i]
         S = self.tile_size
@@ -569,18 +578,13 @@ class TileSampler:
             lo, hi = aug.scale_range
             scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         src = int(round(S / scale))
-        h, w = a.shape
-        valid = self._valid[i] if src == S else self._valid_origins(a, src)
-        if src > min(h, w) or (valid is not None and not valid.any()):
+        origin = self._draw_origin(i, src, rng) if src != S else None
+        if origin is None:
             src = S
-            valid = self._valid[i]
-        if valid is None:
-            y0 = int(rng.integers(0, max(h - src, 0) + 1))
-            x0 = int(rng.integers(0, max(w - src, 0) + 1))
-        else:
-            ys, xs = np.nonzero(valid)
-            k = int(rng.integers(0, ys.size))
-            y0, x0 = int(ys[k]), int(xs[k])
+            origin = self._draw_origin(i, S, rng)
+            if origin is None:
+                origin = (0, 0)
+        y0, x0 = origin
         img = a.image[y0 : y0 + src, x0 : x0 + src]
         cls = self._targets[i][y0 : y0 + src, x0 : x0 + src]
         if img.shape[:2] != (src, src):  # image smaller than a tile: zero-pad
@@ -588,13 +592,14 @@ class TileSampler:
             img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
             cls = np.pad(cls, ((0, ph), (0, pw)))
         if src != S:
-            from skimage.transform import resize
+            from scipy import ndimage as ndi
 
-            img = resize(img, (S, S), order=1, preserve_range=True, anti_aliasing=src > S)
+            z = S / src
+            img = ndi.zoom(
+                img.astype(np.float32), (z, z, 1), order=1, grid_mode=True, mode="nearest"
+            )[:S, :S]
             img = np.clip(np.round(img), 0, 255).astype(np.uint8)
-            cls = resize(cls, (S, S), order=0, preserve_range=True, anti_aliasing=False).astype(
-                np.int32
-            )
+            cls = ndi.zoom(cls, (z, z), order=0, grid_mode=True, mode="nearest")[:S, :S]
         if aug is not None:
             img, cls = augment_tile(img, cls, aug, rng, modality=a.modality)
         masks = np.zeros((len(self.prompts), S, S), bool)
@@ -605,10 +610,19 @@ class TileSampler:
             known[j] = True
         return img, masks, known, i
 
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def batch(self, n: int, pool=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """n tiles: rgb (n, S, S, 3) uint8, masks (n, P, S, S) bool, known (n, P) bool,
-        source image index (n,)."""
-        tiles = [self.tile() for _ in range(n)]
+        source image index (n,).
+
+        Each tile has its own generator seeded from the sampler's, so the result is the same
+        whether the tiles are made in order or in parallel (``pool``: an executor with
+        ``map``, e.g. ``concurrent.futures.ThreadPoolExecutor``).
+        """
+        seeds = self.rng.integers(0, 2**63 - 1, size=n)
+        gens = [np.random.default_rng(int(sd)) for sd in seeds]
+        tiles = (
+            list(pool.map(self.tile, gens)) if pool is not None else [self.tile(g) for g in gens]
+        )
         return (
             np.stack([t[0] for t in tiles]),
             np.stack([t[1] for t in tiles]),
