@@ -304,7 +304,8 @@ def _require(group, name, shape, chunks, dtype, fill_value=0):
 def _intensity_range(image: SlideImage) -> tuple[float, float] | None:
     if image.dtype == np.uint8:
         return None
-    low = np.asarray(image.levels[-1][:2048, :2048].compute(), dtype=np.float32)
+    # local threads even when a distributed Client is the default scheduler
+    low = np.asarray(image.levels[-1][:2048, :2048].compute(scheduler="threads"), np.float32)
     lo, hi = np.percentile(low, [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
@@ -535,7 +536,10 @@ def process_slide(
         mask_ds = float(tm_arr.attrs["downsample"])
         brightfield = bool(tm_arr.attrs.get("brightfield", True))
     else:
-        tm = compute_tissue_mask(image)
+        import dask
+
+        with dask.config.set(scheduler="threads"):  # not a default distributed Client
+            tm = compute_tissue_mask(image)
         mask, mask_ds, brightfield = tm.mask, tm.downsample, tm.brightfield
         tm_arr = group.create_array(
             "tissue_mask",
@@ -595,6 +599,9 @@ def process_slide(
                 fill=fill,
                 progress=prog.stage(len(selected)),
                 cancel=cancel,
+                model=model,
+                device=device,
+                readers=readers,
             )
         else:
             run_tiles(
@@ -771,6 +778,7 @@ def _assemble_table(bdir: Path, n_blocks, offsets, grid: TileGrid, prompts, targ
     from .blockwise import TABLE_COLUMNS
 
     s = grid.scale
+    H0, W0 = grid.level0_shape
     parts, labels, oys, oxs = [], [], [], []
     for b in range(n_blocks):
         with np.load(bdir / f"b_{b}.npz") as a:
@@ -793,15 +801,16 @@ def _assemble_table(bdir: Path, n_blocks, offsets, grid: TileGrid, prompts, targ
                 "centroid_x": (r["centroid_x"] + 0.5) * s - 0.5,
                 "bbox_y0": np.floor(r["bbox_y0"] * s).astype(np.int64),
                 "bbox_x0": np.floor(r["bbox_x0"] * s).astype(np.int64),
-                "bbox_y1": np.ceil(r["bbox_y1"] * s).astype(np.int64),
-                "bbox_x1": np.ceil(r["bbox_x1"] * s).astype(np.int64),
+                "bbox_y1": np.minimum(np.ceil(r["bbox_y1"] * s), H0).astype(np.int64),
+                "bbox_x1": np.minimum(np.ceil(r["bbox_x1"] * s), W0).astype(np.int64),
                 "mean_prob": r["mean_prob"],
             }
         )
         parts.append(df)
         for o in rec.outlines:
-            oys.append((o[:, 0] * s).astype(np.float32))
-            oxs.append((o[:, 1] * s).astype(np.float32))
+            # the last output row / column may reach up to s/2 past the slide edge: clamp
+            oys.append(np.minimum(o[:, 0] * s, H0).astype(np.float32))
+            oxs.append(np.minimum(o[:, 1] * s, W0).astype(np.float32))
         labels.append(lab)
     if not parts:
         return _empty_table(), _empty_outlines()
@@ -954,6 +963,18 @@ def process_slides(sources, out_dir, *, progress=None, cancel=None, on_error="ra
     Returns ``{source: SlideResult | Exception}``; ``on_error="continue"`` records the error
     of a slide and goes on with the next.
     """
+    if kwargs.get("client") is not None:  # whole slides or tiles over the cluster
+        from .distributed import process_slides_distributed
+
+        return process_slides_distributed(
+            kwargs.pop("client"),
+            sources,
+            out_dir,
+            progress=progress,
+            cancel=cancel,
+            on_error=on_error,
+            **kwargs,
+        )
     out_dir = Path(out_dir)
     results: dict[str, Any] = {}
     for src in sources:

@@ -94,6 +94,9 @@ class SlideImage:
     path: str | None = None
     format: str = "array"
     properties: dict[str, Any] = field(default_factory=dict)
+    # per level: (array-like, axes letters) read directly by read_region, bypassing dask
+    # chunking (reads only the file tiles a region needs); None = read through dask
+    direct: list | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -135,9 +138,12 @@ class SlideImage:
         ys, ye = max(y0, 0), min(y0 + h, H)
         xs, xe = max(x0, 0), min(x0 + w, W)
         if ye > ys and xe > xs:
-            out[ys - y0 : ye - y0, xs - x0 : xe - x0] = np.asarray(
-                arr[ys:ye, xs:xe].compute(scheduler="synchronous")
-            )
+            if self.direct is not None and self.direct[level] is not None:
+                src, axes = self.direct[level]
+                block = read_axes(src, axes, ys, ye, xs, xe)[..., : arr.shape[2]]
+            else:
+                block = np.asarray(arr[ys:ye, xs:xe].compute(scheduler="synchronous"))
+            out[ys - y0 : ye - y0, xs - x0 : xe - x0] = block
         return out
 
 
@@ -237,7 +243,7 @@ def _open_openslide(path: Path, chunk: int) -> SlideImage:
     background = (255, 255, 255)
     if bg and re.fullmatch(r"[0-9A-Fa-f]{6}", bg):
         background = tuple(int(bg[i : i + 2], 16) for i in (0, 2, 4))
-    levels = []
+    levels, direct = [], []
     for lv, ds in enumerate(slide.level_downsamples):
         h = max(1, int(math.ceil(bh / ds)))
         w = max(1, int(math.ceil(bw / ds)))
@@ -248,6 +254,7 @@ def _open_openslide(path: Path, chunk: int) -> SlideImage:
         cy = max(th, 1) * max(1, chunk // max(th, 1)) if th else chunk
         cx = max(tw, 1) * max(1, chunk // max(tw, 1)) if tw else chunk
         view = _OpenSlideLevel(path, lv, (h, w, 3), ds, (by, bx), background)
+        direct.append((view, "YXC"))
         levels.append(
             da.from_array(
                 view,
@@ -282,6 +289,7 @@ def _open_openslide(path: Path, chunk: int) -> SlideImage:
         path=str(path),
         format=vendor,
         properties=props,
+        direct=direct,
     )
 
 
@@ -295,6 +303,32 @@ def _token(path: Path) -> str:
 
 # --------------------------------------------------------------------------------------------
 # TIFF through tifffile + zarr
+
+
+def read_axes(arr, axes: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Read rows [y0,y1) and columns [x0,x1) of an array-like with axes letters ``axes``
+    (tifffile / OME: Y, X, C, S, others taken at index 0) as numpy ``(h, w, C)``; the same
+    axis rules as :func:`_to_yxc`."""
+    axes = axes.upper()
+    both = "C" in axes and "S" in axes
+    idx, kept = [], []
+    for a in axes:
+        if a == "Y":
+            idx.append(slice(y0, y1))
+            kept.append("Y")
+        elif a == "X":
+            idx.append(slice(x0, x1))
+            kept.append("X")
+        elif a == "S" or (a == "C" and not both):
+            idx.append(slice(None))
+            kept.append("C")
+        else:
+            idx.append(0)
+    out = np.asarray(arr[tuple(idx)])
+    if "C" not in kept:
+        out = out[..., None]
+        kept.append("C")
+    return out.transpose([kept.index("Y"), kept.index("X"), kept.index("C")])
 
 
 def _to_yxc(arr: da.Array, axes: str) -> da.Array:
@@ -365,9 +399,10 @@ def _open_tifffile(path: Path, chunk: int) -> SlideImage:
         arrays = [z]
     else:
         arrays = [z[str(i)] for i in range(len(series.levels))]
-    levels = []
+    levels, direct = [], []
     for a in arrays:
         d = da.from_zarr(a)
+        direct.append((a, series.axes))
         d = _to_yxc(d, series.axes)
         if d.chunksize[0] < chunk or d.chunksize[1] < chunk:
             d = d.rechunk((min(chunk, d.shape[0]), min(chunk, d.shape[1]), d.shape[2]))
@@ -378,6 +413,7 @@ def _open_tifffile(path: Path, chunk: int) -> SlideImage:
         mpp=mpp,
         path=str(path),
         format="ome-tiff" if tif.is_ome else "tiff",
+        direct=direct,
     )
 
 
@@ -405,10 +441,11 @@ def _open_zarr(path: Path, chunk: int) -> SlideImage:
     m = ms[0]
     axes = m.get("axes") or ["t", "c", "z", "y", "x"][-z[m["datasets"][0]["path"]].ndim :]
     letters = "".join((a["name"] if isinstance(a, dict) else a)[0].upper() for a in axes)
-    levels, mpp = [], None
+    levels, mpp, direct = [], None, []
     for ds in m["datasets"]:
         d = da.from_zarr(z[ds["path"]])
         levels.append(_to_yxc(d, letters))
+        direct.append((z[ds["path"]], letters))
         if mpp is None:
             for t in ds.get("coordinateTransformations", []):
                 if t.get("type") == "scale":
@@ -419,7 +456,7 @@ def _open_zarr(path: Path, chunk: int) -> SlideImage:
                     scale = {"nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6}.get(unit, 1.0)
                     if unit in (None, "micrometer", "nanometer", "millimeter", "meter"):
                         mpp = _parse_float(float(t["scale"][yi]) * scale)
-    return SlideImage(levels=levels, mpp=mpp, path=str(path), format="ome-zarr")
+    return SlideImage(levels=levels, mpp=mpp, path=str(path), format="ome-zarr", direct=direct)
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,13 +464,16 @@ def _open_zarr(path: Path, chunk: int) -> SlideImage:
 
 
 def _from_arrays(arrays, mpp, path, fmt) -> SlideImage:
-    levels = []
+    levels, direct = [], []
     for a in arrays:
         d = a if isinstance(a, da.Array) else da.from_array(a, chunks=_DEFAULT_CHUNK)
+        axes = "YXC"
         if d.ndim == 2:
             d = d[..., None]
+            axes = "YX"
         elif d.ndim == 3 and d.shape[-1] not in (1, 3, 4) and d.shape[0] in (1, 3, 4):
             d = d.transpose(1, 2, 0)  # channel-first (C, H, W)
+            axes = "CYX"
         elif d.ndim != 3:
             raise SlideReadError(
                 f"expected an image array of shape (H, W), (H, W, C) or (C, H, W); got "
@@ -442,9 +482,10 @@ def _from_arrays(arrays, mpp, path, fmt) -> SlideImage:
         if d.shape[-1] == 4:
             d = d[..., :3]
         levels.append(d)
+        direct.append((a, axes) if isinstance(a, np.ndarray) else None)
     if not levels:
         raise SlideReadError("no image data (an empty list of levels).")
-    return SlideImage(levels=levels, mpp=mpp, path=path, format=fmt)
+    return SlideImage(levels=levels, mpp=mpp, path=path, format=fmt, direct=direct)
 
 
 def open_image(source, *, mpp: float | None = None, chunk: int = _DEFAULT_CHUNK) -> SlideImage:

@@ -3,7 +3,7 @@
 Geometry (all in *output pixels*, i.e. pixels at the target resolution ``target_mpp``):
 
 - ``scale = target_mpp / slide_mpp`` level-0 pixels per output pixel; the output grid of a
-  level-0 image ``(H0, W0)`` is ``(ceil(H0 / scale), ceil(W0 / scale))``.
+  level-0 image ``(H0, W0)`` is ``(round(H0 / scale), round(W0 / scale))``.
 - Tile ``(i, j)`` of edge ``tile_size`` T with ``overlap`` O (even) and stride ``S = T - O``
   covers output rows ``[i*S - O/2, i*S - O/2 + T)`` (same for columns): its *core*
   ``[i*S, (i+1)*S)`` plus an O/2 margin on each side. Cores tile the image exactly; two
@@ -74,10 +74,13 @@ class TileGrid:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Output grid ``(H, W)``: ``round(H0 / scale)``, so every output pixel's centre lies
+        inside the slide (level-0 coordinates never leave ``[0, H0] x [0, W0]`` by more
+        than half an output pixel, and exports clamp them to it)."""
         s = self.scale
         return (
-            max(1, int(math.ceil(self.level0_shape[0] / s - 1e-9))),
-            max(1, int(math.ceil(self.level0_shape[1] / s - 1e-9))),
+            max(1, int(math.floor(self.level0_shape[0] / s + 0.5))),
+            max(1, int(math.floor(self.level0_shape[1] / s + 0.5))),
         )
 
     @property

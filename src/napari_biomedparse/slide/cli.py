@@ -1,0 +1,240 @@
+"""``napari-biomedparse slide``: process one or many slides from the command line.
+
+    napari-biomedparse slide SLIDES... [-o OUT_DIR] [--model default] [--prompts a b]
+        [--modality pathology] [--mpp 0.5] [--tile-size 256] [--overlap 32]
+        [--batch-size 4] [--device auto] [--no-tissue-mask] [--overwrite] [--no-resume]
+        [--slide-mpp 0.25] [--geojson] [--object-type detection|cell] [--csv] [--parquet]
+
+SLIDES are files, globs or folders (every readable slide file inside, not recursive).
+Each slide goes to ``OUT_DIR/<slide name>.biomedparse.zarr`` (plus exports next to it);
+an unfinished run resumes, a finished one is skipped unless ``--overwrite``. A summary per
+slide (objects per class, time, tiles skipped) is printed at the end. Exit code 0 when
+every slide succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["register", "run", "expand_sources"]
+
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".tif",
+    ".tiff",
+    ".btf",
+    ".dcm",
+    ".zarr",
+)
+
+
+def expand_sources(items: list[str]) -> list[Path]:
+    """Paths, globs and folders -> a sorted, de-duplicated list of slide paths.
+
+    Raises FileNotFoundError when an item matches nothing.
+    """
+    out: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if any(ch in item for ch in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(str(p)))]
+            if not matches:
+                raise FileNotFoundError(f"no file matches {item!r}")
+            out.extend(matches)
+        elif p.is_dir() and not (p.name.lower().endswith(".zarr") or (p / "zarr.json").exists()):
+            found = sorted(
+                c
+                for c in p.iterdir()
+                if c.name.lower().endswith(SLIDE_SUFFIXES)
+                and not c.name.endswith((".biomedparse.zarr", ".partial"))
+            )
+            if not found:
+                raise FileNotFoundError(f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in {p}")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such slide: {item}")
+    seen, uniq = set(), []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            uniq.append(p)
+    # DICOM-WSI: one slide is a folder of .dcm files; keep one file per folder
+    dcm_dirs, res = set(), []
+    for p in uniq:
+        if p.suffix.lower() == ".dcm":
+            if p.parent in dcm_dirs:
+                continue
+            dcm_dirs.add(p.parent)
+        res.append(p)
+    return res
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "slide",
+        help="recognise / segment whole-slide images tile by tile (resumable)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("slides", nargs="+", help="slide files, globs or folders")
+    p.add_argument(
+        "-o", "--out-dir", default=None, help="output folder (default: next to each slide)"
+    )
+    p.add_argument("--model", default="default", help="model name or checkpoint path")
+    p.add_argument(
+        "--prompts",
+        nargs="+",
+        default=None,
+        help="text prompts (default: every target of the modality)",
+    )
+    p.add_argument("--modality", default="pathology")
+    p.add_argument(
+        "--no-recognize", action="store_true", help="probability maps only (no instances / table)"
+    )
+    p.add_argument("--mpp", type=float, default=None, help="target microns per pixel")
+    p.add_argument("--tile-size", type=int, default=None, help="tile edge in target pixels")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in target pixels")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--instances", choices=("split", "components"), default="split")
+    p.add_argument(
+        "--slide-mpp",
+        type=float,
+        default=None,
+        help="level-0 microns per pixel for slides whose file has none",
+    )
+    p.add_argument("--no-tissue-mask", action="store_true", help="process background tiles too")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace finished results and start unfinished runs over",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="refuse to continue an unfinished run (use with --overwrite to restart)",
+    )
+    p.add_argument("--geojson", action="store_true", help="also write <out>.geojson (QuPath)")
+    p.add_argument("--object-type", choices=("detection", "cell"), default="detection")
+    p.add_argument("--csv", action="store_true", help="also write <out>.csv")
+    p.add_argument("--parquet", action="store_true", help="also write <out>.parquet")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _out_for(slide: Path, out_dir: str | None) -> Path:
+    base = Path(out_dir) if out_dir else slide.parent
+    return base / f"{slide.name}.biomedparse.zarr"
+
+
+def run(args) -> int:
+    from .engine import SlideResult, process_slide, resolve_predictor
+    from .store import RunCancelled
+
+    slides = expand_sources(args.slides)
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    predictor = resolve_predictor(args.model, args.device)
+    cancel = threading.Event()
+    summaries, failures = [], 0
+    for n, slide in enumerate(slides, 1):
+        out = _out_for(slide, args.out_dir)
+        label = f"[{n}/{len(slides)}] {slide.name}"
+        if out.exists() and not args.overwrite:
+            try:
+                res = SlideResult.open(out)
+                print(f"{label}: already done ({out}); --overwrite to redo", file=sys.stderr)
+                summaries.append((slide, res.summary, None))
+                _exports(res, out, args)
+                continue
+            except (ValueError, FileNotFoundError):
+                pass
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=1, desc=label, unit="step", file=sys.stderr, leave=True)
+
+        def progress(done, total, message, bar=bar):
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.set_postfix_str(message, refresh=False)
+                bar.refresh()
+
+        t0 = time.perf_counter()
+        try:
+            res = process_slide(
+                slide,
+                out,
+                model=predictor,
+                prompts=args.prompts,
+                recognize=not args.no_recognize,
+                modality=args.modality,
+                mpp=args.mpp,
+                tile_size=args.tile_size,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                tissue_mask=not args.no_tissue_mask,
+                resume=not args.no_resume,
+                overwrite=args.overwrite,
+                progress=progress,
+                cancel=cancel,
+                slide_mpp=args.slide_mpp,
+                instances=args.instances,
+            )
+            summaries.append((slide, res.summary, None))
+            _exports(res, out, args)
+        except KeyboardInterrupt:
+            cancel.set()
+            if bar is not None:
+                bar.close()
+            raise
+        except RunCancelled:
+            raise KeyboardInterrupt from None
+        except (ValueError, OSError) as exc:
+            failures += 1
+            summaries.append((slide, {"seconds": round(time.perf_counter() - t0, 1)}, exc))
+        finally:
+            if bar is not None:
+                bar.close()
+    _print_summary(summaries)
+    return 1 if failures else 0
+
+
+def _exports(res, out: Path, args) -> None:
+    if args.geojson:
+        res.to_geojson(out.with_suffix(".geojson"), object_type=args.object_type)
+    if args.csv:
+        res.to_csv(out.with_suffix(".csv"))
+    if args.parquet:
+        res.to_parquet(out.with_suffix(".parquet"))
+
+
+def _print_summary(summaries) -> None:
+    for slide, s, err in summaries:
+        if err is not None:
+            print(f"{slide.name}: FAILED: {err}")
+            continue
+        per = ", ".join(f"{k}: {v}" for k, v in (s.get("objects_per_class") or {}).items())
+        print(
+            f"{slide.name}: {s.get('objects', 0)} objects ({per or 'none'}); "
+            f"{s.get('seconds', 0):.1f} s; tiles {s.get('tiles_processed', 0)} processed, "
+            f"{s.get('tiles_skipped', 0)} skipped (background), "
+            f"{s.get('tiles_resumed', 0)} resumed"
+        )

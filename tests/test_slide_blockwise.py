@@ -1,0 +1,91 @@
+"""Block-wise instance labelling of a blended map equals labelling it whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_biomedparse.slide.blockwise import label_blockwise, label_window, outline
+from napari_biomedparse.slide.stitching import class_map
+
+
+def _synthetic_probs(shape=(700, 900), block=256, seed=0):
+    """Blended-like probability maps (P=3, uint8) with objects on every seam and corner."""
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    probs = np.zeros((3, H, W), np.float32)
+    centres = []
+    for y in range(0, H + 1, block // 2):  # every seam, every corner, and block centres
+        for x in range(0, W + 1, block // 2):
+            centres.append((y + rng.integers(-4, 5), x + rng.integers(-4, 5)))
+    for _ in range(150):  # plus random ones, some touching each other
+        centres.append((rng.integers(0, H), rng.integers(0, W)))
+    for k, (cy, cx) in enumerate(centres):
+        r = rng.uniform(4, 28)
+        c = k % 3
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (r / 1.6) ** 2))
+        probs[c] = np.maximum(probs[c], blob)
+    # an elongated object across three blocks (needs a larger halo) and one across a corner
+    probs[1, 100:110, 20:680] = 1.0
+    probs[2, 240:275, 240:275] = 1.0
+    return np.rint(probs * 255).astype(np.uint8)
+
+
+def _match(a, b):
+    """For every object of a, its best IoU in b; plus the counts."""
+    ious = []
+    ids_a = np.unique(a[a > 0])
+    for i in ids_a:
+        m = a == i
+        js, counts = np.unique(b[m], return_counts=True)
+        counts = counts[js > 0]
+        js = js[js > 0]
+        if not len(js):
+            ious.append(0.0)
+            continue
+        j = js[np.argmax(counts)]
+        mb = b == j
+        ious.append((m & mb).sum() / (m | mb).sum())
+    return np.array(ious), len(ids_a), len(np.unique(b[b > 0]))
+
+
+@pytest.mark.parametrize("block,halo", [(256, 32), (128, 16), (300, 64)])
+def test_blockwise_equals_whole(block, halo):
+    probs = _synthetic_probs(block=block)
+    classes = class_map(probs)
+    whole = label_window(classes, probs, 3)
+    blocks, recs, _ = label_blockwise(classes, probs, n_classes=3, block=block, halo=halo)
+    ious, n_whole, n_blocks = _match(whole, blocks)
+    assert n_whole == n_blocks > 60
+    assert (ious >= 0.99).all()
+    ious_rev, _, _ = _match(blocks, whole)
+    assert (ious_rev >= 0.99).all()
+    # each object owned by exactly one block, with consecutive global ids
+    assert sorted(np.unique(blocks[blocks > 0])) == list(range(1, n_blocks + 1))
+    assert sum(r.n for r in recs) == n_blocks
+    assert sum(r.n_cut for r in recs) == 0
+    # the stripe needed a grown halo somewhere
+    assert max(r.halo for r in recs) > halo
+    # every seam is crossed by at least one object
+    for s in range(block, classes.shape[0], block):
+        assert (blocks[s - 1] > 0)[(blocks[s - 1] == blocks[s])].any()
+
+
+def test_objects_larger_than_max_halo_are_reported():
+    classes = np.zeros((64, 600), np.uint8)
+    classes[10:20, 5:595] = 1  # longer than block + 2 * max_halo
+    labels, recs, _ = label_blockwise(classes, None, n_classes=1, block=64, halo=8, max_halo=64)
+    assert sum(r.n_cut for r in recs) >= 1
+
+
+def test_outline_is_closed_ring_around_pixels():
+    m = np.zeros((12, 12), bool)
+    m[3:8, 2:6] = True
+    ring = outline(m)
+    assert (ring[0] == ring[-1]).all()
+    assert ring[:, 0].min() >= 3 and ring[:, 0].max() <= 8
+    assert ring[:, 1].min() >= 2 and ring[:, 1].max() <= 6
+    x, y = ring[:, 1], ring[:, 0]
+    area = abs(0.5 * (np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+    assert 17 <= area <= 20  # 20 pixels; marching squares cuts the 4 corners by 1/8 each
