@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .existence import DEFAULT_P_THRESHOLD, TargetDistribution, existence_p_values
-from .instances import TABLE_COLUMNS, instance_table, split_instances
+from .instances import TABLE_COLUMNS, instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .preprocessing import as_channels_last, preprocess, unpad
 from .recognition import recognize_maps
@@ -381,13 +381,17 @@ def instances_from_class_map(
         **split_kwargs: passed to :func:`~.instances.split_instances`.
 
     Returns:
-        (labels (H, W) int32, table DataFrame as :func:`~.instances.instance_table`).
+        (labels (H, W) int32, table DataFrame as :func:`~.instances.instance_table`); every
+        instance lies inside the region of its class (the class map is left as given).
     """
     class_map = np.asarray(class_map)
     labels = np.zeros(class_map.shape, dtype=np.int32)
     nxt = start
     for k in np.unique(class_map[class_map > 0]):
-        lab = split_instances(class_map == k, probs[k - 1], **split_kwargs)
+        region = class_map == k
+        lab = split_instances(region, probs[k - 1], **split_kwargs)
+        # holes filled by the splitting may hold another class: keep instances in their region
+        lab = relabel_sequential(np.where(region, lab, 0))
         n = int(lab.max())
         if n:
             labels[lab > 0] = lab[lab > 0] + nxt
