@@ -41,6 +41,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--val-every", type=int, default=0, help="report held-out Dice every N steps")
     p.add_argument("--log", default=None, help="also write the history as JSON here")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="wall-clock budget of the optimisation (ends early; schedule follows time)",
+    )
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     p.add_argument("--float32", action="store_true", help="store float32 (default float16)")
     args = p.parse_args(argv)
 
@@ -48,6 +55,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     from napari_biomedparse.training.default_model import NAME, datasets, default_config
     from napari_biomedparse.training.finetune import finetune
 
@@ -77,6 +86,8 @@ def main(argv=None) -> int:
         val_every=args.val_every,
         workers=args.workers,
         half=not args.float32,
+        max_seconds=args.max_seconds,
+        amp=args.amp,
         progress=progress,
         log_every=50,
     )
