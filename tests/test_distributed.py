@@ -29,8 +29,15 @@ from napari_biomedparse.slide.store import RunCancelled, partial_path  # noqa: E
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/data/v1_tiny"
 PROMPTS = ["neoplastic cells", "inflammatory cells"]
-RUN = dict(prompts=PROMPTS, mpp=1.0, tile_size=64, overlap=8, batch_size=2,
-           instances="components", slide_mpp=0.5)
+RUN = dict(
+    prompts=PROMPTS,
+    mpp=1.0,
+    tile_size=64,
+    overlap=8,
+    batch_size=2,
+    instances="components",
+    slide_mpp=0.5,
+)
 
 
 def synthetic_slide(seed: int, shape=(640, 640)) -> np.ndarray:
@@ -80,8 +87,13 @@ def slides(tmp_path_factory):
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, worker_dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        worker_dashboard_address=None,
+    )
     c = Client(cluster)
     yield c
     c.close()
@@ -97,8 +109,10 @@ def reference(model_path, slides, tmp_path_factory):
     torch.set_num_threads(1)
     try:
         d = tmp_path_factory.mktemp("ref")
-        return [process_slide(s, d / f"{s.name}.zarr", model=str(model_path), device="cpu", **RUN)
-                for s in slides]
+        return [
+            process_slide(s, d / f"{s.name}.zarr", model=str(model_path), device="cpu", **RUN)
+            for s in slides
+        ]
     finally:
         torch.set_num_threads(n)
 
@@ -113,11 +127,17 @@ def assert_same(res, ref):
     assert res.params == ref.params
 
 
-def test_two_workers_identical_to_single_process(client, model_path, slides, reference,
-                                                 tmp_path):
+def test_two_workers_identical_to_single_process(client, model_path, slides, reference, tmp_path):
     calls = []
-    res = process_slide(slides[0], tmp_path / "d.zarr", model=str(model_path), device="cpu",
-                        client=client, progress=lambda d, t, m: calls.append((d, t, m)), **RUN)
+    res = process_slide(
+        slides[0],
+        tmp_path / "d.zarr",
+        model=str(model_path),
+        device="cpu",
+        client=client,
+        progress=lambda d, t, m: calls.append((d, t, m)),
+        **RUN,
+    )
     assert_same(res, reference[0])
     assert res.summary["tiles_processed"] > 20 and res.summary["tiles_skipped"] > 0
     # both workers did tiles, each loaded the model once (plugin), progress reached the caller
@@ -134,8 +154,9 @@ def test_two_workers_identical_to_single_process(client, model_path, slides, ref
     assert set(devices.values()) == {"cpu"}
 
 
-def test_killed_worker_mid_run_gives_identical_results(client, model_path, slides, reference,
-                                                       tmp_path):
+def test_killed_worker_mid_run_gives_identical_results(
+    client, model_path, slides, reference, tmp_path
+):
     killed = []
 
     def progress(done, total, message):
@@ -146,8 +167,15 @@ def test_killed_worker_mid_run_gives_identical_results(client, model_path, slide
             pid = client.run(os.getpid, workers=[workers[0]])[workers[0]]
             os.kill(pid, signal.SIGKILL)
 
-    res = process_slide(slides[1], tmp_path / "k.zarr", model=str(model_path), device="cpu",
-                        client=client, progress=progress, **RUN)
+    res = process_slide(
+        slides[1],
+        tmp_path / "k.zarr",
+        model=str(model_path),
+        device="cpu",
+        client=client,
+        progress=progress,
+        **RUN,
+    )
     assert killed
     assert_same(res, reference[1])
     client.wait_for_workers(2, timeout=60)
@@ -163,8 +191,15 @@ def _write_tiles(store, image_path, grid_dict, model_path, batches):
     from napari_biomedparse.slide.tiling import TileGrid
 
     grid = TileGrid(**{**grid_dict, "level0_shape": tuple(grid_dict["level0_shape"])})
-    run_tiles(open_group(store, "r+"), open_image(image_path, mpp=0.5), grid,
-              resolve_predictor(model_path, "cpu"), batches, PROMPTS, readers=1)
+    run_tiles(
+        open_group(store, "r+"),
+        open_image(image_path, mpp=0.5),
+        grid,
+        resolve_predictor(model_path, "cpu"),
+        batches,
+        PROMPTS,
+        readers=1,
+    )
 
 
 def test_processes_writing_one_store_never_corrupt_it(model_path, slides, reference, tmp_path):
@@ -185,28 +220,40 @@ def test_processes_writing_one_store_never_corrupt_it(model_path, slides, refere
     shared = batches[len(batches) // 2]
     parts = [batches[0::2] + [shared], batches[1::2] + [shared]]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_write_tiles,
-                         args=(str(store), str(slides[0]), ref.meta["grid"], str(model_path), p))
-             for p in parts]
+    procs = [
+        ctx.Process(
+            target=_write_tiles,
+            args=(str(store), str(slides[0]), ref.meta["grid"], str(model_path), p),
+        )
+        for p in parts
+    ]
     for p in procs:
         p.start()
     for p in procs:
         p.join(240)
         assert p.exitcode == 0
-    np.testing.assert_array_equal(np.asarray(g["tiles/state"][...]),
-                                  np.asarray(g_ref["tiles/state"][...]))
-    np.testing.assert_array_equal(np.asarray(g["tiles/probs"][...]),
-                                  np.asarray(g_ref["tiles/probs"][...]))
+    np.testing.assert_array_equal(
+        np.asarray(g["tiles/state"][...]), np.asarray(g_ref["tiles/state"][...])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(g["tiles/probs"][...]), np.asarray(g_ref["tiles/probs"][...])
+    )
     # every chunk file is a complete chunk: no temporary files left behind
     leftovers = [p for p in store.rglob("*") if p.is_file() and ".tmp" in p.name]
     assert not leftovers
 
 
-def test_process_slides_whole_slides_on_workers(client, model_path, slides, reference,
-                                                tmp_path):
+def test_process_slides_whole_slides_on_workers(client, model_path, slides, reference, tmp_path):
     calls = []
-    res = process_slides(slides, tmp_path / "out", model=str(model_path), device="cpu",
-                         client=client, progress=lambda d, t, m: calls.append((d, t, m)), **RUN)
+    res = process_slides(
+        slides,
+        tmp_path / "out",
+        model=str(model_path),
+        device="cpu",
+        client=client,
+        progress=lambda d, t, m: calls.append((d, t, m)),
+        **RUN,
+    )
     assert list(res) == [str(s) for s in slides]
     for s, ref in zip(slides, reference):
         r = res[str(s)]
@@ -216,8 +263,9 @@ def test_process_slides_whole_slides_on_workers(client, model_path, slides, refe
     assert any("slide 2/2" in m for _, _, m in calls)
 
 
-def test_cancel_stops_the_cluster_run_and_resume_finishes_it(client, model_path, slides,
-                                                             reference, tmp_path):
+def test_cancel_stops_the_cluster_run_and_resume_finishes_it(
+    client, model_path, slides, reference, tmp_path
+):
     out = tmp_path / "c.zarr"
     cancel = threading.Event()
 
@@ -227,13 +275,20 @@ def test_cancel_stops_the_cluster_run_and_resume_finishes_it(client, model_path,
 
     t0 = time.perf_counter()
     with pytest.raises(RunCancelled):
-        process_slide(slides[0], out, model=str(model_path), device="cpu", client=client,
-                      progress=progress, cancel=cancel, **RUN)
+        process_slide(
+            slides[0],
+            out,
+            model=str(model_path),
+            device="cpu",
+            client=client,
+            progress=progress,
+            cancel=cancel,
+            **RUN,
+        )
     assert time.perf_counter() - t0 < 120
     assert partial_path(out).exists() and not out.exists()
     time.sleep(1.0)  # let running tasks see the cluster-wide cancel
-    res = process_slide(slides[0], out, model=str(model_path), device="cpu", client=client,
-                        **RUN)
+    res = process_slide(slides[0], out, model=str(model_path), device="cpu", client=client, **RUN)
     assert res.summary["resumed"] and res.summary["tiles_resumed"] >= 4
     assert_same(res, reference[0])
 
