@@ -118,3 +118,20 @@ def test_bboxes_accepts_several_layouts():
     np.testing.assert_array_equal(L.bboxes(t2), expected)
     with pytest.raises(KeyError):
         L.bboxes(pd.DataFrame({"label": [1]}))
+
+
+def test_view_region_transform():
+    """A region of a coarser level lands where napari draws it."""
+    from napari_biomedparse._napari._functions import ImageInput, view_region
+
+    lv0 = np.arange(100 * 80).reshape(100, 80)
+    lv1 = lv0[::2, ::2]
+    inp = ImageInput(data=[lv0, lv1], scale=(0.5, 0.5), translate=(10.0, 20.0))
+    pixels, scale, translate = view_region(inp, 1, corner=(10, 4), size=(6, 8))
+    np.testing.assert_array_equal(pixels, lv1[10:16, 4:12])
+    assert scale == (1.0, 1.0)
+    # level-1 pixel (10, 4) is level-0 pixel (20, 8): world (10 + 20 * 0.5, 20 + 8 * 0.5)
+    assert translate == (20.0, 24.0)
+    # a view larger than the preview size is read with a stride
+    pixels, scale, translate = view_region(inp, 0, max_side=50)
+    assert pixels.shape == (50, 40) and scale == (1.0, 1.0) and translate == (10.0, 20.0)

@@ -244,3 +244,35 @@ def test_settings_are_remembered(make_napari_viewer, plugin_settings):
     assert m2.device.value == "cpu"
     for x in (w, s, m, w2, s2, m2):
         x.native.deleteLater()
+
+
+def test_current_view_on_a_slide(make_napari_viewer, qtbot, plugin_model):
+    """On a multiscale layer, 'current view' segments the region on screen at the level drawn,
+    and the result lands on that region of the slide."""
+    from napari_biomedparse._napari._widgets.segment import CURRENT_VIEW, SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-biomedparse", "cmu_small_region")
+    slide = viewer.layers[0]
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert not _hidden(w.scope) and w.scope.value == CURRENT_VIEW
+    # zoom onto the top-left quarter of the slide (world units: microns)
+    viewer.camera.center = (300.0, 250.0)
+    viewer.camera.zoom = viewer.camera.zoom * 4
+    qtbot.wait(200)
+    corners = np.asarray(slide.corner_pixels)
+    assert corners[1, 0] < slide.data[slide.data_level].shape[0] - 1  # only part is on screen
+    w.prompts.value = "neoplastic cells"
+    w.existence_test.value = False
+    w.output.value = "probabilities"
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    prob = viewer.layers["cmu_small_region neoplastic cells probability (segment)"]
+    lo, hi = np.asarray(prob.extent.world)
+    img_lo, img_hi = np.asarray(slide.extent.world)[:, :2]
+    assert (lo >= img_lo - 1).all() and (hi <= img_hi + 1).all()
+    assert (hi - lo < (img_hi - img_lo) * 0.9).any()  # a region, not the whole slide
+    # the region covers the point at the centre of the view
+    assert (lo <= np.array([300.0, 250.0])).all() and (hi >= np.array([300.0, 250.0])).all()

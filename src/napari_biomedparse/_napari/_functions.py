@@ -178,9 +178,10 @@ def view_region(
     ds_y, ds_x = H0 / H, W0 / W
     sy, sx = inp.scale
     scale = (sy * ds_y * step, sx * ds_x * step)
-    # napari places a level pixel's centre at (index + 0.5) * ds - 0.5 in level-0 pixels
-    ty = inp.translate[0] + sy * ((y0 + 0.5 * step) * ds_y - 0.5)
-    tx = inp.translate[1] + sx * ((x0 + 0.5 * step) * ds_x - 0.5)
+    # napari draws pixel k of a level at level-0 data coordinate k * downsample (no
+    # half-pixel shift); follow it so that the result overlays what is on screen
+    ty = inp.translate[0] + sy * y0 * ds_y
+    tx = inp.translate[1] + sx * x0 * ds_x
     return region, scale, (ty, tx)
 
 
@@ -459,7 +460,7 @@ def slide_layers(
     source = image if inp is None else (inp.path or inp.data)
     kwargs: dict[str, Any] = {
         "prompts": list(prompts) if prompts else None,
-        "recognize": recognize if not prompts else False,
+        "recognize": recognize,
         "modality": modality,
         "mpp": mpp,
         "tile_size": tile_size,
@@ -527,6 +528,22 @@ def result_layers(res, *, source_name: str | None = None, image: ImageInput | No
     meta = {"store": str(res.path), "image_scale": S, "image_translate": T}
     units = image.units if image is not None else ("micrometer", "micrometer")
     out = []
+    if not labels and not classes:  # probabilities only (recognize=False)
+        probs = res.probs
+        for i, prompt in enumerate(res.params.get("prompts") or names):
+            if i >= probs.shape[0]:
+                break
+            data, kw, kind = _layers.probability_layers(
+                [probs[i]],
+                [prompt],
+                source=name,
+                producer="slide",
+                scale=lab_scale,
+                translate=lab_translate,
+            )[0]
+            kw["contrast_limits"] = (0, 255)  # stored as probability x 255
+            kw["metadata"]["biomedparse"].update(meta)
+            out.append((data, kw, kind))
     if labels:
         data, kw, kind = _layers.instance_labels_layer(
             labels if len(labels) > 1 else labels[0],

@@ -184,7 +184,9 @@ def probability_layers(
             "metadata": {"biomedparse": {"producer": producer, "prompt": prompt}},
             **_transform(scale, translate),
         }
-        out.append((np.asarray(prob, dtype=np.float32), kw, "image"))
+        if not hasattr(prob, "compute"):  # keep dask arrays (slide stores) lazy
+            prob = np.asarray(prob, dtype=np.float32)
+        out.append((prob, kw, "image"))
     return out
 
 

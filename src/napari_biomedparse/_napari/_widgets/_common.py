@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import ComboBox
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_info
@@ -75,8 +76,7 @@ def current_view_region(layer):
     corners = getattr(layer, "corner_pixels", None)
     corner = size = None
     if corners is not None:
-        c = corners[:, -3:-1] if layer.rgb else corners[:, -2:]
-        c = c.astype(int)
+        c = np.asarray(corners)[:, -2:].astype(int)  # (2, ndim); RGB is not an axis
         if (c[1] - c[0]).min() > 1:
             corner = (int(c[0, 0]), int(c[0, 1]))
             size = (int(c[1, 0] - c[0, 0] + 1), int(c[1, 1] - c[0, 1] + 1))

@@ -163,7 +163,7 @@ class SegmentWidget(Container):
                 image=F.as_image_input(layer),
                 out=str(out),
                 prompts=prompts,
-                recognize=False,
+                recognize=self.output.value != "probabilities",
                 modality=self.modality.value,
                 overwrite=True,
                 resume=False,
