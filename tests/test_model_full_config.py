@@ -1,0 +1,99 @@
+"""The released configuration (built on the meta device) has exactly the official state dict,
+and configurations with the released depths run consistently."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from napari_biomedparse.model import BiomedParseConfig, build_model
+
+SHAPES = json.loads((Path(__file__).parent / "data" / "v1_state_dict_shapes.json").read_text())
+
+
+def test_released_config_state_dict_keys_and_shapes():
+    model = build_model(BiomedParseConfig.biomedparse_v1(), device="meta")
+    sd = model.state_dict()
+    ref = SHAPES["keys"]
+    assert set(sd) == set(ref), (sorted(set(sd) - set(ref))[:5], sorted(set(ref) - set(sd))[:5])
+    for key, info in ref.items():
+        assert list(sd[key].shape) == info["shape"], key
+        assert str(sd[key].dtype).replace("torch.", "") == info["dtype"], key
+    params = dict(model.named_parameters())
+    buffers = {k for k, _ in model.named_buffers()}
+    for key, info in ref.items():
+        assert (key in params) == (info["kind"] == "parameter"), key
+        assert (key in buffers) == (info["kind"] == "persistent_buffer"), key
+    assert len(sd) == SHAPES["num_state_dict_entries_excluding_biomed_encoder"] == 932
+    total = sum(v.numel() for v in sd.values())
+    assert total == SHAPES["total_numel_excluding_biomed_encoder"]
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == SHAPES["total_parameter_numel_excluding_biomed_encoder"] == 341181177
+    counts = SHAPES["counts_by_prefix"]
+    bb = sum(p.numel() for p in model.backbone.parameters())
+    assert bb == counts["backbone"]["parameter_numel"]
+    pdn = sum(p.numel() for p in model.pixel_decoder.parameters())
+    assert pdn == counts["sem_seg_head.pixel_decoder"]["parameter_numel"]
+    lang = sum(p.numel() for p in model.text_encoder.parameters())
+    assert lang == counts["sem_seg_head.predictor.lang_encoder"]["parameter_numel"]
+    for buf in SHAPES["non_persistent_buffers"]:
+        val = getattr(model, buf["name"])
+        assert list(val.shape) == buf["shape"] and buf["name"] not in sd
+
+
+def _released_depths_small_widths(input_size=128):
+    """Released depths (2-2-18-2, 6 encoder layers, 12 text layers, 9 decoder layers),
+    reduced widths."""
+    return dataclasses.replace(
+        BiomedParseConfig.biomedparse_v1(),
+        embed_dim=8,
+        convs_dim=32,
+        mask_dim=32,
+        hidden_dim=32,
+        dim_proj=32,
+        text_width=32,
+        text_heads=4,
+        nheads=4,
+        dim_feedforward=64,
+        num_queries=21,
+        input_size=input_size,
+    )
+
+
+def test_released_depths_decode_consistency():
+    """9 decoder layers cycle through the 3 levels three times; the fast inference path (mask
+    logits evaluated only where the attention masks sample them, selected queries only) must
+    equal the full computation, and batched independent prompts equal single calls."""
+    torch.manual_seed(0)
+    cfg = _released_depths_small_widths()
+    model = build_model(cfg)
+    assert len(model.backbone.layers[2].blocks) == 18 and model.decoder.num_layers == 9
+    images = torch.rand(2, 3, 128, 128) * 255
+    prompts = ["neoplastic cells", "liver", "tumor in brain MRI"]
+    with torch.inference_mode():
+        feats = model.encode_image(images)
+        assert feats["mask_features"].shape == (2, 32, 32, 32)
+        assert [f.shape[-1] for f in feats["multi_scale_features"]] == [4, 8, 16]
+        text = model.encode_text(prompts)
+        trace_full, trace_fast = [], []
+        full = model.decode(feats, text, all_masks=True, trace=trace_full)
+        fast = model.decode(feats, text, trace=trace_fast)
+        assert len(full["aux_outputs"]) == 9
+        assert full["pred_masks"].shape == (2, 3, 21, 32, 32)
+        for a, b in zip(trace_full, trace_fast):
+            assert torch.equal(a["attn_mask"], b["attn_mask"])
+        assert torch.equal(full["matched"], fast["matched"])
+        assert (full["matched_masks"] - fast["matched_masks"]).abs().max() < 1e-4
+        for j, p in enumerate(prompts):
+            one = model.decode(
+                {
+                    k: v[1:2] if torch.is_tensor(v) else [f[1:2] for f in v]
+                    for k, v in feats.items()
+                },
+                model.encode_text([p]),
+            )
+            assert one["matched"][0, 0] == fast["matched"][1, j]
+            assert (one["matched_masks"][0, 0] - fast["matched_masks"][1, j]).abs().max() < 1e-4
