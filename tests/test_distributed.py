@@ -298,3 +298,37 @@ def test_workers_that_cannot_see_the_store_are_refused(client, model_path, slide
 
     with pytest.raises(ValueError, match="shared by every worker"):
         _check_visible(client, tmp_path / "nowhere", "the output store")
+
+
+def test_array_source_and_predictor_object_are_shipped_to_the_workers(client, tmp_path):
+    """An in-memory slide (scattered) and a predictor object (pickled into the plugin)."""
+    from napari_biomedparse.slide._testing import StainPredictor
+
+    img = synthetic_slide(7, (480, 480))
+    kw = dict(RUN, prompts=["nuclei"], batch_size=3)
+    ref = process_slide(img, tmp_path / "ref.zarr", model=StainPredictor(64), **kw)
+    res = process_slide(img, tmp_path / "d.zarr", model=StainPredictor(64), client=client, **kw)
+    assert res.summary["objects"] > 10
+    assert_same(res, ref)
+
+
+def test_model_changed_in_memory_is_shipped_not_reloaded_from_its_file(client, model_path):
+    """A model loaded from a file is loaded by path on the workers, unless the caller's copy
+    was changed since: then the workers detect other weights and get the caller's object."""
+    import torch
+
+    from napari_biomedparse.hub import load_model
+    from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.slide import distributed as dist
+    from napari_biomedparse.slide.engine import model_fingerprint
+
+    same = Predictor(load_model(model_path), device="cpu")
+    spec = dist._register_for(client, same, same, "cpu")
+    assert spec.kind == "name" and spec.source == str(Path(model_path).resolve())
+    changed = Predictor(load_model(model_path), device="cpu")
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(0.5)
+    spec2 = dist._register_for(client, changed, changed, "cpu")
+    assert spec2.kind == "model"
+    fps = client.run(lambda: model_fingerprint(dist.get_predictor(spec2.light())))
+    assert set(fps.values()) == {model_fingerprint(changed)} != {model_fingerprint(same)}

@@ -47,6 +47,7 @@ the GPU straight to the tile size, so 16x fewer bytes come back to the host at 1
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -108,19 +109,11 @@ class ModelSpec:
     fast: bool = False
     tile_size: int | None = None
 
+    fingerprint: str | None = None
+
     def light(self) -> ModelSpec:
         """The spec without its payload (what tasks carry)."""
-        return ModelSpec(
-            self.key,
-            self.kind,
-            self.source,
-            None,
-            self.device,
-            self.dtype,
-            self.compile,
-            self.fast,
-            self.tile_size,
-        )
+        return dataclasses.replace(self, payload=None)
 
 
 def _dtype_name(dtype) -> str | None:
@@ -139,10 +132,13 @@ def model_spec(
     compile: bool = False,
     fast: bool = False,
     tile_size: int | None = None,
+    by_path: bool = True,
 ) -> ModelSpec:
     """A :class:`ModelSpec` for ``model`` (a name or path, a ``BiomedParse`` module, a
     Predictor or any predictor object). ``predictor`` (the caller's resolved predictor, when
-    it has one) supplies the fingerprint and dtype."""
+    it has one) supplies the fingerprint and dtype. A model loaded from one of our safetensors
+    files is loaded from that path on the workers (``by_path``; the workers check that they
+    get the same weights), other objects are shipped pickled."""
     from .engine import model_fingerprint
 
     dev = "auto" if device in (None, "auto") else str(device)
@@ -153,7 +149,8 @@ def model_spec(
         compile,
         fast,
     ):
-        return cached
+        if by_path or cached.kind != "name" or isinstance(model, (str, os.PathLike)):
+            return cached
     inner = obj
     if isinstance(obj, FastPredictor):
         inner, fast, tile_size = obj.predictor, True, obj.input_size
@@ -161,35 +158,41 @@ def model_spec(
     if dtype is None:
         dtype = getattr(inner, "dtype", None)
     dname = _dtype_name(dtype)
-    if isinstance(model, (str, os.PathLike)):
-        fp = model_fingerprint(predictor) if predictor is not None else str(model)
-        key = f"{fp}|{dev}|{dname}|{compile}|{fast}|{tile_size}"
-        spec = ModelSpec(key, "name", str(model), None, dev, dname, compile, fast, tile_size)
+    import torch
+
+    from napari_biomedparse.inference.predictor import Predictor
+
+    fp = model_fingerprint(inner) if hasattr(inner, "predict_batch") else None
+    module = None
+    if isinstance(inner, torch.nn.Module):
+        module = inner
+    elif isinstance(inner, Predictor):
+        module = inner.model
+    if fp is None and module is not None:
+        from types import SimpleNamespace
+
+        fp = model_fingerprint(SimpleNamespace(model=module))
+    source = str(model) if isinstance(model, (str, os.PathLike)) else None
+    if source is None and module is not None and by_path:
+        # a model loaded from one of our safetensors files (they store their configuration)
+        src = (getattr(module, "checkpoint_info", None) or {}).get("source")
+        if src and str(src).endswith(".safetensors") and Path(src).is_file():
+            source = str(Path(src).resolve())
+    opts = dict(device=dev, dtype=dname, compile=compile, fast=fast, tile_size=tile_size)
+    if source is not None:
+        key = f"{fp or source}|{dev}|{dname}|{compile}|{fast}|{tile_size}"
+        spec = ModelSpec(key, "name", source, None, fingerprint=fp, **opts)
     else:
-        import torch
-
-        from napari_biomedparse.inference.predictor import Predictor
-
-        fp = model_fingerprint(inner) if hasattr(inner, "predict_batch") else None
-        module = None
-        if isinstance(inner, torch.nn.Module):
-            module = inner
-        elif isinstance(inner, Predictor):
-            module = inner.model
         if module is not None:
             buf = io.BytesIO()
             torch.save(module, buf)
             payload, kind = buf.getvalue(), "model"
-            if fp is None:
-                from types import SimpleNamespace
-
-                fp = model_fingerprint(SimpleNamespace(model=module))
         else:
             payload, kind = pickle.dumps(inner), "object"
             if fp is None:
                 fp = "sha256:" + __import__("hashlib").sha256(payload).hexdigest()[:32]
         key = f"{fp}|{dev}|{dname}|{compile}|{fast}|{tile_size}"
-        spec = ModelSpec(key, kind, None, payload, dev, dname, compile, fast, tile_size)
+        spec = ModelSpec(key, kind, None, payload, fingerprint=fp, **opts)
     with contextlib.suppress(Exception):
         obj._nbp_spec = spec
     return spec
@@ -278,6 +281,10 @@ except ImportError:  # pragma: no cover - distributed is a dependency
     _WorkerPluginBase = object
 
 
+class ModelMismatch(RuntimeError):
+    """A worker loaded different weights from the model path than the caller has."""
+
+
 class ModelPlugin(_WorkerPluginBase):
     """Loads the model once per worker process (at registration, and on every worker that
     joins or is restarted later) onto the worker's own device."""
@@ -288,6 +295,18 @@ class ModelPlugin(_WorkerPluginBase):
 
     def setup(self, worker):
         pred = get_predictor(self.spec)
+        if self.spec.kind == "name" and self.spec.fingerprint:
+            from .engine import model_fingerprint
+
+            inner = pred.predictor if isinstance(pred, FastPredictor) else pred
+            got = model_fingerprint(inner)
+            if got != self.spec.fingerprint:
+                with _PRED_LOCK:
+                    _PREDICTORS.pop(self.spec.key, None)
+                raise ModelMismatch(
+                    f"{self.spec.source} on worker {worker.name} has weights {got}, the "
+                    f"caller's model has {self.spec.fingerprint}"
+                )
         worker.nbp_device = str(getattr(pred, "device", "cpu"))
 
     def teardown(self, worker):
@@ -303,8 +322,30 @@ def register_model(client, spec: ModelSpec) -> None:
     try:
         client.register_plugin(ModelPlugin(spec))
     except Exception as exc:
+        if spec.kind == "name" and "ModelMismatch" in f"{type(exc).__name__} {exc}":
+            raise ModelMismatch(
+                f"the workers' copy of {spec.source} differs from the caller's model ({exc}); "
+                "pass the model object (it is then shipped to the workers) or make the same "
+                "file visible to every worker"
+            ) from exc
         raise RuntimeError(f"the workers could not load the model: {exc}") from exc
     done.add(spec.key)
+
+
+def _register_for(client, model, predictor, device) -> ModelSpec:
+    """Register ``model`` on the workers: by path when possible, shipped pickled when the
+    workers' file turns out to hold other weights than the caller's object."""
+    spec = model_spec(model, predictor, device=device)
+    try:
+        register_model(client, spec)
+    except ModelMismatch:
+        if isinstance(model, (str, os.PathLike)):
+            raise
+        spec = model_spec(model, predictor, device=device, by_path=False)
+        register_model(client, spec)
+        with contextlib.suppress(Exception):
+            (predictor if predictor is not None else model)._nbp_spec = spec
+    return spec
 
 
 def make_client(scheduler: str | None = None, workers: int | None = None, **cluster_kwargs):
@@ -573,8 +614,7 @@ def run_tiles_distributed(
         raise FileNotFoundError(f"no run store at {store}")
     _check_visible(client, store, "the output store")
     n_workers = _n_workers(client)
-    spec = model_spec(model if model is not None else predictor, predictor, device=device)
-    register_model(client, spec)
+    spec = _register_for(client, model if model is not None else predictor, predictor, device)
     light = spec.light()
     if intensity_range is None:
         intensity_range = _intensity_range(image)
@@ -721,9 +761,7 @@ def process_slides_distributed(
         return results
 
     predictor = None if isinstance(model, (str, os.PathLike)) else model
-    spec = model_spec(model, predictor, device=device)
-    register_model(client, spec)
-    light = spec.light()
+    light = _register_for(client, model, predictor, device).light()
     refs = []
     for s in sources:
         if isinstance(s, SlideImage):
