@@ -228,6 +228,7 @@ def segment_layer(
     p_threshold: float = 0.05,
     output: str = "instances",
     model=None,
+    name: str | None = None,
     level: int | None = None,
     region: tuple[np.ndarray, tuple, tuple] | None = None,
     progress: Callable | None = None,
@@ -248,7 +249,7 @@ def segment_layer(
         raise ValueError("no prompt: type at least one target (e.g. 'neoplastic cells').")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    inp = as_image_input(image)
+    inp = as_image_input(image, name=name)
     total = 3
     _report(progress, 0, total, "loading model")
     pred = as_predictor(model)
@@ -365,6 +366,7 @@ def recognize_layer(
     site: str | None = None,
     p_threshold: float = 0.05,
     model=None,
+    name: str | None = None,
     level: int | None = None,
     region: tuple[np.ndarray, tuple, tuple] | None = None,
     progress: Callable | None = None,
@@ -372,7 +374,7 @@ def recognize_layer(
 ) -> list[LayerDataTuple]:
     """Recognise every target of the modality: instances (with features), the class map and
     Shapes of outlines / boxes."""
-    inp = as_image_input(image)
+    inp = as_image_input(image, name=name)
     total = 3
     _report(progress, 0, total, "loading model")
     pred = as_predictor(model)
