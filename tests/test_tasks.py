@@ -192,6 +192,25 @@ def test_detect_3d_matches_slices(hne):
 
 
 # ------------------------------------------------------------------ recognize
+def test_recognize_3d_dask_equals_slices(hne):
+    import dask.array as da
+
+    stack = np.stack([hne, np.ascontiguousarray(hne[::-1])])
+    rec = recognize(StandIn(), da.from_array(stack, chunks=(1, 130, 100, 3)), modality="pathology")
+    assert rec.labels.shape == rec.classes.shape == stack.shape[:3]
+    assert rec.p_values.shape == (4, 2) and rec.probs.shape == (4, *stack.shape[:3])
+    offset = 0
+    for z in range(2):
+        r = recognize(StandIn(), stack[z], modality="pathology")
+        np.testing.assert_array_equal(rec.classes[z], r.classes)
+        np.testing.assert_array_equal(rec.p_values[:, z], r.p_values)
+        np.testing.assert_array_equal(rec.labels[z], np.where(r.labels > 0, r.labels + offset, 0))
+        offset += int(r.labels.max())
+        assert (rec.table["z"] == z).sum() == len(r.table)
+    assert rec.table["label"].is_unique
+    assert set(rec.outlines()) == set(rec.table["label"])
+
+
 def test_recognize_official_rules_and_instances(hne):
     pred = StandIn()
     rec = recognize(pred, hne, modality="pathology", mpp=0.25)

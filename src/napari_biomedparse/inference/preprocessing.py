@@ -170,9 +170,9 @@ def _pick_channels(image: np.ndarray, channels) -> np.ndarray:
 def _classify(image: np.ndarray, channels) -> tuple[np.ndarray, str]:
     """Return (array, kind) with kind in {"grey", "rgb", "multi"}; array (H, W) or (H, W, C)."""
     if image.ndim == 2:
-        if channels is not None and not (np.isscalar(channels) and channels in (0, -1)):
-            if not (not np.isscalar(channels) and list(channels) in ([0], [-1])):
-                raise ValueError(f"channels={channels!r} given for a single-channel (H, W) image")
+        idx = None if channels is None else ([channels] if np.isscalar(channels) else channels)
+        if idx is not None and list(idx) not in ([0], [-1]):
+            raise ValueError(f"channels={channels!r} given for a single-channel (H, W) image")
         return image, "grey"
     if image.ndim != 3:
         raise ValueError(
@@ -315,7 +315,7 @@ def preprocess(
     h, w = arr.shape[:2]
     if h == 0 or w == 0:
         raise ValueError(f"the image is empty: {_describe(image)}")
-    chans, is_u8 = _scaled_channels(arr, kind, it)
+    chans, _ = _scaled_channels(arr, kind, it)
     # pad and resize each distinct channel once (grey images share one array 3 times)
     cache: dict[int, np.ndarray] = {}
     out = []
@@ -333,7 +333,6 @@ def preprocess(
             # uint8 cast truncates toward zero (official astype / assignment into uint8)
             cache[key] = np.asarray(res).astype(np.uint8)
         out.append(cache[key])
-    del is_u8
     rgb = np.stack(out, axis=-1)
     info = PadInfo(
         shape=(int(h), int(w)),
