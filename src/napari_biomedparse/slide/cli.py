@@ -4,6 +4,7 @@
         [--modality pathology] [--mpp 0.5] [--tile-size 256] [--overlap 32]
         [--batch-size 4] [--device auto] [--no-tissue-mask] [--overwrite] [--no-resume]
         [--slide-mpp 0.25] [--geojson] [--object-type detection|cell] [--csv] [--parquet]
+        [--scheduler tcp://host:8786 | --workers N]
 
 SLIDES are files, globs or folders (every readable slide file inside, not recursive).
 Each slide goes to ``OUT_DIR/<slide name>.biomedparse.zarr`` (plus exports next to it);
@@ -133,6 +134,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="also write <out>.csv")
     p.add_argument("--parquet", action="store_true", help="also write <out>.parquet")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="dask scheduler (tcp://host:8786): tiles go to its workers",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local dask cluster of N worker processes (one per GPU); see docs/distributed.md",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -151,6 +165,11 @@ def run(args) -> int:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     predictor = resolve_predictor(args.model, args.device)
     cancel = threading.Event()
+    client = None
+    if args.scheduler or args.workers:
+        from .distributed import make_client
+
+        client = make_client(args.scheduler, args.workers)
     summaries, failures = [], 0
     for n, slide in enumerate(slides, 1):
         out = _out_for(slide, args.out_dir)
@@ -197,6 +216,7 @@ def run(args) -> int:
                 cancel=cancel,
                 slide_mpp=args.slide_mpp,
                 instances=args.instances,
+                client=client,
             )
             summaries.append((slide, res.summary, None))
             _exports(res, out, args)
@@ -213,6 +233,8 @@ def run(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
+    if client is not None:
+        client.close()
     _print_summary(summaries)
     return 1 if failures else 0
 
