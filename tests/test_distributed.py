@@ -332,3 +332,23 @@ def test_model_changed_in_memory_is_shipped_not_reloaded_from_its_file(client, m
     assert spec2.kind == "model"
     fps = client.run(lambda: model_fingerprint(dist.get_predictor(spec2.light())))
     assert set(fps.values()) == {model_fingerprint(changed)} != {model_fingerprint(same)}
+
+
+def _cli_args(slide, out, model_path):
+    return ["slide", str(slide), "-o", str(out), "--model", str(model_path), "--device", "cpu",
+            "--prompts", *PROMPTS, "--mpp", "1", "--tile-size", "64", "--overlap", "8",
+            "--batch-size", "2", "--instances", "components", "--slide-mpp", "0.5",
+            "--no-progress"]  # fmt: skip
+
+
+def test_cli_scheduler_and_workers(client, model_path, slides, reference, tmp_path):
+    from napari_biomedparse.cli import main
+    from napari_biomedparse.slide.engine import SlideResult
+
+    addr = client.scheduler.address
+    assert main([*_cli_args(slides[0], tmp_path / "a", model_path), "--scheduler", addr]) == 0
+    assert_same(SlideResult.open(tmp_path / "a" / f"{slides[0].name}.biomedparse.zarr"),
+                reference[0])  # fmt: skip
+    assert main([*_cli_args(slides[1], tmp_path / "b", model_path), "--workers", "2"]) == 0
+    assert_same(SlideResult.open(tmp_path / "b" / f"{slides[1].name}.biomedparse.zarr"),
+                reference[1])  # fmt: skip
