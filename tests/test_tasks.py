@@ -387,3 +387,11 @@ def test_tiny_model_detect_and_recognize_end_to_end(tiny, hne):
     np.testing.assert_array_equal(rec.classes, cmap)
     assert rec.kept == kept and len(rec.table) == len(np.unique(rec.labels)) - 1
     assert segment(pred, hne, prompts[:1], modality="pathology").shape == (1, *hne.shape[:2])
+    # official batches: batch_size prompts coupled in one call (image encoded once)
+    rec2 = pred.recognize(hne, modality="pathology", p_threshold=None, batch_size=3)
+    names = rec2.class_names
+    coupled = np.concatenate(
+        [pred.predict(rgb, names[:3], joint=True), pred.predict(rgb, names[3:], joint=True)]
+    )
+    np.testing.assert_allclose(rec2.probs, unpad(coupled, info), atol=1e-5)
+    assert np.abs(rec2.probs[:3] - rec.probs[:3]).max() > 1e-3  # coupling changes the maps
