@@ -28,6 +28,8 @@ LayerDataTuple = tuple[Any, dict, str]
 MAX_SHAPES = 5000
 #: Outlines are drawn up to this many objects; beyond, boxes (4 vertices each) are drawn.
 MAX_OUTLINES = 2000
+#: Class text is shown up to this many shapes (it can be switched on in the layer controls).
+MAX_TEXT = 300
 #: Vertices kept per outline (polygons are subsampled evenly to at most this many).
 MAX_VERTICES = 32
 
@@ -344,7 +346,13 @@ def shapes_layer(
         "edge_color": colors,
         "face_color": "transparent",
         "edge_width": 2,
-        "text": {"string": "{class}", "size": 8, "color": "white", "anchor": "upper_left"},
+        "text": {
+            "string": "{class}",
+            "size": 8,
+            "color": "white",
+            "anchor": "upper_left",
+            "visible": len(sub) <= MAX_TEXT,  # beyond, text hides the tissue (toggle on)
+        },
         "metadata": {
             "biomedparse": {
                 "producer": producer,

@@ -51,6 +51,7 @@ class ModelWidget(Container):
             "precision": self.precision,
             "cache_dir": self.cache_dir,
         }
+        self.max_width = 440  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         remember(persisted, self.settings_key)
         for w in persisted.values():

@@ -63,6 +63,7 @@ class RecognizeWidget(Container):
             "scope": self.scope,
             "on_rerun": self.on_rerun,
         }
+        self.max_width = 440  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         self._modality_changed()
         remember({**persisted, "site": self.site}, self.settings_key)

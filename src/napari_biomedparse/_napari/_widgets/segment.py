@@ -94,6 +94,7 @@ class SegmentWidget(Container):
             "scope": self.scope,
             "on_rerun": self.on_rerun,
         }
+        self.max_width = 440  # long paths must not squeeze the canvas
         restore({"modality": self.modality}, self.settings_key)
         self._modality_changed()
         restore(self._persisted, self.settings_key)

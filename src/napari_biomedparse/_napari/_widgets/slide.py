@@ -95,6 +95,7 @@ class SlideWidget(Container):
             "overwrite": self.overwrite,
             "on_rerun": self.on_rerun,
         }
+        self.max_width = 440  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         remember(persisted, self.settings_key)
         self.task.changed.connect(self._sync)

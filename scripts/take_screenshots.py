@@ -1,0 +1,143 @@
+"""Take the user guide's screenshots from a real napari window.
+
+Run under a virtual display::
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/take_screenshots.py
+
+Writes ``docs/images/*.png`` (palette PNGs, a few hundred KB at most). Uses the bundled
+default model; when the package has no bundled weights yet it says so and uses the tiny
+random-weight test fixture (the pictures then show the plumbing, not meaningful results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "images"
+
+
+def _predictor(name: str):
+    from napari_biomedparse import hub
+    from napari_biomedparse.inference.predictor import Predictor
+
+    if name == "default" and not hub.DEFAULT_WEIGHTS.is_file():
+        print("WARNING: no bundled default weights; using the tiny test fixture", file=sys.stderr)
+        from napari_biomedparse.model import BiomedParseConfig, build_model, load_checkpoint
+
+        tiny = ROOT / "tests" / "data" / "v1_tiny"
+        cfg = BiomedParseConfig.from_reference_json(tiny / "config.json")
+        model = build_model(dataclasses.replace(cfg, input_size=256))
+        load_checkpoint(model, tiny / "state_dict.pt")
+        return Predictor(model, device="cpu"), "tiny test fixture"
+    return Predictor(hub.load_model(name), device="cpu"), name
+
+
+def _wait(app, widget, timeout=900):
+    t0 = time.monotonic()
+    while widget.run.running:
+        app.processEvents()
+        time.sleep(0.05)
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError("the run did not finish")
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.02)
+    if widget.run.last_outcome != "ok":
+        raise RuntimeError(f"run failed: {widget.run.last_error}")
+
+
+def _save(viewer, app, name: str, colors: int = 128):
+    from PIL import Image
+
+    for _ in range(10):
+        app.processEvents()
+        time.sleep(0.05)
+    arr = viewer.screenshot(canvas_only=False, flash=False)
+    img = Image.fromarray(arr[..., :3]).quantize(colors=colors, dither=Image.Dither.NONE)
+    path = OUT / f"{name}.png"
+    img.save(path, optimize=True)
+    print(
+        f"{path.relative_to(ROOT)}: {img.size[0]}x{img.size[1]}, {path.stat().st_size // 1024} KB"
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=800)
+    args = ap.parse_args(argv)
+
+    import os
+
+    tmp = tempfile.mkdtemp()
+    os.environ.setdefault("NAPARI_BIOMEDPARSE_CONFIG_DIR", tmp)  # fresh widget settings
+    os.environ.setdefault("NAPARI_CONFIG", str(Path(tmp) / "napari.yaml"))  # leave yours alone
+    import napari
+    from napari.settings import get_settings
+    from qtpy.QtWidgets import QApplication
+
+    from napari_biomedparse._napari import MODEL
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    pred, label = _predictor(args.model)
+    MODEL.use(pred, name=label)
+    get_settings().application.gui_notification_level = "none"  # no toasts in the pictures
+    viewer = napari.Viewer(show=True, title="napari-biomedparse")
+    viewer.window._qt_window.resize(args.width, args.height)
+    app = QApplication.instance()
+    name = "napari-biomedparse"
+
+    # 1. Segment: text prompts on the H&E field, instances with outlines
+    viewer.open_sample(name, "hgsc_nest")
+    he = viewer.layers["hgsc_nest"]
+    he.data = he.data[300:1100, 300:1100]
+    dock, seg = viewer.window.add_plugin_dock_widget(name, "Segment")
+    seg.prompts.value = "neoplastic cells, inflammatory cells"
+    seg.output.value = "instances"
+    seg.start()
+    _wait(app, seg)
+    viewer.reset_view()
+    _save(viewer, app, "segment")
+
+    # 2. Recognize all on the same field
+    for lay in [lay for lay in viewer.layers if lay is not he]:
+        viewer.layers.remove(lay)
+    viewer.window.remove_dock_widget(dock)
+    dock, rec = viewer.window.add_plugin_dock_widget(name, "Recognize all")
+    rec.start()
+    _wait(app, rec)
+    viewer.layers.selection.active = viewer.layers["hgsc_nest instances (recognize)"]
+    _save(viewer, app, "recognize")
+
+    # 3. Model widget
+    viewer.window.remove_dock_widget(dock)
+    dock, mw = viewer.window.add_plugin_dock_widget(name, "Model")
+    _save(viewer, app, "model")
+    viewer.window.remove_dock_widget(dock)
+
+    # 4. A whole slide: the reader (lazy multiscale, microns) and the slide engine
+    viewer.layers.clear()
+    viewer.open(str(ROOT / "src/napari_biomedparse/data/cmu_small_region.svs"), plugin=name)
+    viewer.scale_bar.visible = True
+    viewer.reset_view()
+    _save(viewer, app, "reader")
+    dock, sw = viewer.window.add_plugin_dock_widget(name, "Slide processing")
+    sw.mpp.value = 1.0
+    sw.output_folder.value = tempfile.mkdtemp()
+    sw.start()
+    _wait(app, sw)
+    viewer.camera.center = (700.0, 500.0)
+    viewer.camera.zoom = viewer.camera.zoom * 3
+    _save(viewer, app, "slide")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
