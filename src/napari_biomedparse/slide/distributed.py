@@ -929,17 +929,18 @@ class FastPredictor:
                     x = x.pin_memory().to(p.device, non_blocking=True)
                 else:
                     x = x.to(p.device)
-            with self._t("preprocess"):
+            with self._t("preprocess"):  # resize + normalisation, on the device
                 x = x.permute(0, 3, 1, 2).float()
                 if T != S:
                     x = F.interpolate(
                         x, size=(S, S), mode="bilinear", align_corners=False, antialias=S < T
                     ).clamp_(0, 255)
+                x = self.model.normalize(x)
             text = p._text(prompts)
             with p._autocast():
-                with self._t("encode"):
-                    feats = self.model.encode_image(x)
-                with self._t("decode"):
+                with self._t("encode"):  # = model.encode_image without its normalisation
+                    feats = self.model.pixel_decoder(self.model.backbone(x))
+                with self._t("decode"):  # all prompts in one decoder pass
                     out = self.model.decode(feats, text, joint=False)
             with self._t("postprocess"):
                 logits = out["matched_masks"].float()
