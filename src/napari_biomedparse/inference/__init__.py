@@ -51,7 +51,7 @@ _EXPORTS = {
     "Recognition": "results",
 }
 
-__all__ = sorted(set(_EXPORTS) - {"Predictor"})  # Predictor: import it by name
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
