@@ -87,6 +87,13 @@ def test_released_depths_decode_consistency():
             assert torch.equal(a["attn_mask"], b["attn_mask"])
         assert torch.equal(full["matched"], fast["matched"])
         assert (full["matched_masks"] - fast["matched_masks"]).abs().max() < 1e-4
+        # the per-encoding cache of prompt-independent tensors gives identical results
+        cache: dict = {}
+        first = model.decode(feats, text, cache=cache)
+        assert any(k[0] == "kv" for k in cache) and len([k for k in cache if k[0] == "kv"]) == 9
+        second = model.decode(feats, model.encode_text(prompts[::-1]), cache=cache)
+        assert torch.equal(first["matched_masks"], fast["matched_masks"])
+        assert torch.equal(second["matched_masks"], fast["matched_masks"].flip(1))
         for j, p in enumerate(prompts):
             one = model.decode(
                 {

@@ -108,13 +108,17 @@ class ImageEncoding:
 
     ``features``: ``mask_features`` (1, C, S/4, S/4) and ``multi_scale_features`` (3 maps) on
     the predictor's device; ``original_size`` (H, W) of the input; ``input_size`` S;
-    ``image`` the uint8 (S, S, 3) image the model saw (after the resize).
+    ``image`` the uint8 (S, S, 3) image the model saw (after the resize); ``cache``: the
+    decoder's prompt-independent tensors, filled by the first :meth:`Predictor.decode` when
+    the encoding was made with ``encode(..., cache=True)`` (the default), so that later prompts
+    on the same image are cheaper.
     """
 
     features: dict
     original_size: tuple[int, int]
     input_size: int
     image: np.ndarray = field(repr=False)
+    cache: dict | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -191,8 +195,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ API
     @torch.inference_mode()
-    def encode(self, rgb_uint8: np.ndarray) -> ImageEncoding:
-        """Resize (Pillow bicubic) to the input size and run the image encoder once."""
+    def encode(self, rgb_uint8: np.ndarray, cache: bool = True) -> ImageEncoding:
+        """Resize (Pillow bicubic) to the input size and run the image encoder once.
+
+        ``cache``: let :meth:`decode` keep the prompt-independent decoder tensors with the
+        encoding (faster repeated decodes, more memory held by the encoding)."""
         rgb = as_rgb_uint8(rgb_uint8)
         h, w = rgb.shape[:2]
         resized = resize_rgb(rgb, self.input_size)
@@ -200,7 +207,7 @@ class Predictor:
         x = self._to_device(x).float()
         with self._autocast():
             feats = self.model.encode_image(x)
-        return ImageEncoding(feats, (h, w), self.input_size, resized)
+        return ImageEncoding(feats, (h, w), self.input_size, resized, {} if cache else None)
 
     @torch.inference_mode()
     def decode(self, encoding: ImageEncoding, prompts, joint: bool = False) -> DecodeResult:
@@ -208,7 +215,7 @@ class Predictor:
         prompts = _check_prompts(prompts)
         text = self._text(prompts)
         with self._autocast():
-            out = self.model.decode(encoding.features, text, joint=joint)
+            out = self.model.decode(encoding.features, text, joint=joint, cache=encoding.cache)
         sim = out["pred_similarity"][0].float()
         matched = out["matched"][0]
         scores = sim.gather(1, matched[:, None])[:, 0]
@@ -220,7 +227,7 @@ class Predictor:
         """Official ``interactive_infer_image``: float32 probabilities (P, H, W) at the input's
         size, one per prompt (``joint=True``: the official coupled multi-prompt call)."""
         prompts = _check_prompts(prompts)
-        enc = self.encode(rgb_uint8)
+        enc = self.encode(rgb_uint8, cache=False)
         res = self.decode(enc, prompts, joint=joint)
         with torch.inference_mode():
             return res.probabilities(*enc.original_size)

@@ -161,6 +161,7 @@ class BiomedParse(nn.Module):
         joint: bool = False,
         all_masks: bool = False,
         trace: list | None = None,
+        cache: dict | None = None,
     ) -> dict:
         """Masked-attention decoder; see :meth:`SEEMDecoder.forward` for shapes.
 
@@ -169,6 +170,8 @@ class BiomedParse(nn.Module):
         S/4) mask logits of the query each prompt picks, ``matched`` (B, P),
         ``pred_similarity`` (B, P, Q); with ``all_masks`` also ``pred_masks`` (B, S', Q, S/4,
         S/4) of all queries (S' = P, or 1 when ``joint``) and the same per aux layer.
+        ``cache``: a dict kept with one image encoding to reuse its prompt-independent decoder
+        tensors across calls (see :meth:`SEEMDecoder.forward`).
         """
         return self.decoder(
             features["mask_features"],
@@ -177,6 +180,7 @@ class BiomedParse(nn.Module):
             joint=joint,
             all_masks=all_masks,
             trace=trace,
+            cache=cache,
         )
 
     # ------------------------------------------------------------------ training
