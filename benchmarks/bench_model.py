@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--input-size", type=int, default=None, help="override the input size")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--section-out", default=None, help="also write the markdown section here")
     args = ap.parse_args(argv)
     args.prompts = [int(x) for x in args.prompts.split(",")]
     if max(args.prompts) > len(PROMPTS):
@@ -243,6 +244,8 @@ def main(argv=None) -> int:
         r = run_variant(model, device, dtype_name, comp, args)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
         results.append(r)
+        if args.section_out:  # partial results survive a time-out
+            Path(args.section_out + ".partial").write_text(repr(results))
     meta = {
         "config": args.config,
         "device_kind": device.type,
@@ -255,6 +258,8 @@ def main(argv=None) -> int:
     }
     section = format_section(results, meta, args.prompts)
     print(section)
+    if args.section_out:
+        Path(args.section_out).write_text(section)
     if not args.no_write:
         write_doc(section, device.type)
         print(f"updated {DOC}")
