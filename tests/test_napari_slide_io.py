@@ -61,6 +61,13 @@ def test_slide_widget_runs_engine_and_opens_results(
     w.results.value = str(store)
     w.open_results()
     assert len(viewer.layers) == n
+    # the reader opens a result store too (drag and drop of the folder)
+    opened = viewer.open(str(store), plugin="napari-biomedparse")
+    kinds = sorted(lay._type_string for lay in opened)
+    assert kinds == ["labels", "labels", "shapes"]
+    assert any(lay.name.startswith("cmu_small_region instances (slide)") for lay in opened)
+    for lay in opened:
+        viewer.layers.remove(lay)
     # export the full set through the writer
     out = tmp_path / "cells.geojson"
     written = (
