@@ -167,6 +167,17 @@ def test_save_and_reload_round_trip(tmp_path, official_sd):
     json.dumps(header["target_dist"])  # plain JSON types
 
 
+def test_half_precision_file_loads_as_float32(tmp_path, official_sd):
+    model = load_checkpoint(build_model(CFG, device="meta"), official_sd)
+    path = save_checkpoint(model.half(), tmp_path / "half.safetensors")
+    again = model_from_checkpoint(path)
+    assert all(p.dtype == torch.float32 for p in again.parameters())
+    k = "sem_seg_head.predictor.query_feat.weight"
+    assert torch.equal(again.state_dict()[k], official_sd[k].half().float())
+    into = load_checkpoint(build_model(CFG), path)  # materialised model: copied and cast
+    assert into.state_dict()[k].dtype == torch.float32
+
+
 _PEAK_SCRIPT = r"""
 import resource, sys, torch
 from napari_biomedparse.model import BiomedParseConfig, build_model, load_checkpoint
