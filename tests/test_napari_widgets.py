@@ -276,3 +276,29 @@ def test_current_view_on_a_slide(make_napari_viewer, qtbot, plugin_model):
     assert (hi - lo < (img_hi - img_lo) * 0.9).any()  # a region, not the whole slide
     # the region covers the point at the centre of the view
     assert (lo <= np.array([300.0, 250.0])).all() and (hi >= np.array([300.0, 250.0])).all()
+
+
+def test_model_widget_loads_a_checkpoint_in_the_background(
+    make_napari_viewer, qtbot, plugin_model_state, bundled_predictor, tmp_path
+):
+    from napari_biomedparse._napari._widgets.model import ModelWidget
+    from napari_biomedparse.model.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(bundled_predictor.model, tmp_path / "mine.safetensors")
+    viewer = make_napari_viewer()
+    w = ModelWidget(viewer)
+    w.source.value = "checkpoint"
+    w.checkpoint.value = str(ckpt)
+    w.device.value = "cpu"
+    steps = []
+    w.run._emitter.progress.connect(lambda d, t, m: steps.append(m))
+    w.start()
+    assert w.run.running  # loading does not block the GUI thread
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    assert any("loading" in m for m in steps) and "model ready" in steps
+    spec = plugin_model_state.loaded_spec
+    assert spec.source == "checkpoint" and spec.checkpoint == str(ckpt)
+    assert "mine.safetensors" in w.loaded.value
+    pred = plugin_model_state.predictor()  # already loaded: no second load
+    assert pred.model.config.input_size == bundled_predictor.model.config.input_size

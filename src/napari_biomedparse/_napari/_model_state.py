@@ -66,7 +66,12 @@ def load_predictor(spec: ModelSpec, progress=None):
         if "cache_dir" in params:
             kwargs["cache_dir"] = spec.cache_dir
         else:
-            os.environ["NAPARI_BIOMEDPARSE_CACHE"] = spec.cache_dir
+            os.environ["NAPARI_BIOMEDPARSE_CACHE"] = spec.cache_dir  # read by hub.cache_dir()
+    if spec.source == "biomedparse-v1" and spec.checkpoint:
+        path = Path(spec.checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"BiomedParse v1 file not found: {path}")
+        kwargs["path"] = str(path)  # a local copy of biomedparse_v1.pt (no download)
     model = load_model(arg, **kwargs)
     if progress is not None:
         progress(1, 2, f"moving model to {spec.device}")
@@ -127,12 +132,9 @@ class ModelState:
             return self.load(self.spec, progress=progress)
 
     def model_for_engine(self):
-        """What to pass as ``model=`` to the slide engine: the loaded Predictor if any, else
-        the configured model's name or path (the engine loads it)."""
-        with self._lock:
-            if self._predictor is not None and self._loaded == self.spec:
-                return self._predictor
-            return self.spec.load_arg()
+        """What to pass as ``model=`` to the slide engine: the configured model's Predictor
+        (loaded now if needed; call it in a worker)."""
+        return self.predictor()
 
     def clear(self):
         with self._lock:

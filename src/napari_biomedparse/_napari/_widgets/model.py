@@ -89,8 +89,6 @@ class ModelWidget(Container):
 
     def start(self, *_):
         spec = self.spec()
-        if spec.source == "biomedparse-v1" and spec.checkpoint:
-            spec = ModelSpec(**{**vars(spec), "source": "checkpoint"})
         return self.run.start(
             MODEL.load,
             on_result=lambda _pred: self._show_loaded(),
