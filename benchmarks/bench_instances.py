@@ -64,11 +64,27 @@ def perturbed_union(gt: np.ndarray, seed: int = 0) -> np.ndarray:
     return f > 0.5
 
 
-def run(name: str, gt: np.ndarray, union: np.ndarray | None = None, **kw) -> dict:
+def model_like_prob(gt: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A model-like probability map: a soft blob per true instance (Gaussian blur 2 px of its
+    mask, maximum over instances, so the probability dips between touching nuclei), contrast
+    stretched and perturbed by smooth noise."""
+    prob = np.zeros(gt.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(gt), start=1):
+        if sl is None:
+            continue
+        sl2 = tuple(slice(max(s.start - 6, 0), s.stop + 6) for s in sl)
+        blob = ndi.gaussian_filter((gt[sl2] == i).astype(np.float32), 2.0)
+        prob[sl2] = np.maximum(prob[sl2], blob)
+    rng = np.random.default_rng(seed)
+    noise = ndi.gaussian_filter(rng.normal(0, 1, gt.shape), 2).astype(np.float32)
+    return np.clip(prob * 1.6 - 0.3 + 0.3 * noise, 0, 1)
+
+
+def run(name: str, gt: np.ndarray, union: np.ndarray | None = None, prob=None, **kw) -> dict:
     union = gt > 0 if union is None else union
-    params = resolve_split_params(union, **kw)
+    params = resolve_split_params(union, **{k: v for k, v in kw.items() if k != "prob_weight"})
     t0 = time.perf_counter()
-    pred = split_instances(union, **kw)
+    pred = split_instances(union, prob, **kw)
     dt = time.perf_counter() - t0
     cc, _ = ndi.label(union)  # baseline: no splitting
     return {
@@ -95,6 +111,10 @@ def markdown(results: list[dict]) -> str:
         "(touching nuclei). Baseline: connected components of the union (no splitting). "
         "*Perturbed mask*: the union with blurred, noisy boundaries (a model-like mask; "
         "Gaussian blur 1.5 px + smooth noise, seed 0), still scored against the true instances. "
+        "*Model-like prob*: a soft blob per true nucleus (blur 2 px, maximum over nuclei, so "
+        "the probability dips between touching nuclei) with smooth noise; its `> 0.5` mask is "
+        "split by shape only (`prob_weight=0`) or guided by the probability (default "
+        "`prob_weight=0.5`, as `detect`/`recognize` do). "
         "Produced by `python benchmarks/bench_instances.py --write-docs` on CPU.",
         "",
         "| data | true / predicted | PQ (SQ, DQ) | PQ on clumps (clumps, nuclei) | "
@@ -134,8 +154,18 @@ def main() -> None:
     results = [
         run("hgsc_nest (H&E)", hgsc),
         run("hgsc_nest, perturbed mask", hgsc, perturbed_union(hgsc)),
+    ]
+    p = model_like_prob(hgsc)
+    results += [
+        run("hgsc_nest, model-like prob > 0.5, shape only", hgsc, p > 0.5, p, prob_weight=0.0),
+        run("hgsc_nest, model-like prob > 0.5, prob-guided", hgsc, p > 0.5, p),
         run("stardist mask2d (fluo)", fluo),
         run("stardist mask2d, perturbed mask", fluo, perturbed_union(fluo)),
+    ]
+    p = model_like_prob(fluo)
+    results += [
+        run("stardist, model-like prob > 0.5, shape only", fluo, p > 0.5, p, prob_weight=0.0),
+        run("stardist, model-like prob > 0.5, prob-guided", fluo, p > 0.5, p),
     ]
     text = markdown(results)
     print(text)

@@ -210,7 +210,7 @@ def split_instances(
     h: float | None = None,
     smooth_sigma: float | None = None,
     fill_holes: bool = True,
-    prob_weight: float = 0.0,
+    prob_weight: float = 0.5,
 ) -> np.ndarray:
     """Split a semantic mask into object instances.
 
@@ -234,15 +234,17 @@ def split_instances(
         mask: (H, W) bool (or integer, non-zero = foreground) semantic mask.
         prob: optional (H, W) probability map of the same object class (float in [0, 1], or
             uint8 0..255); when
-            given with ``prob_weight > 0``, ``prob_weight * radius * prob`` is added to the
-            distance before seeding, so valleys of probability between objects help to split.
+            given, ``prob_weight * radius * prob`` is added to the distance before seeding, so
+            valleys of probability between objects help to split.
         min_size: smallest instance kept, in pixels.
         min_distance: minimal seed separation, in pixels.
         radius: typical object radius in pixels (overrides the estimate from the mask).
         h: h-maxima depth, in pixels of distance.
         smooth_sigma: Gaussian sigma in pixels for the distance transform.
         fill_holes: fill holes smaller than a typical object inside the mask first.
-        prob_weight: weight of ``prob`` in the seeding landscape (0 = shape only).
+        prob_weight: weight of ``prob`` in the seeding landscape (0 = shape only). On
+            model-like probability maps (valleys between touching objects) 0.5 raises the PQ on
+            clumps of touching nuclei from 0.85 to 0.91 (StarDist nuclei, docs/benchmarks.md).
 
     Returns:
         (H, W) int32 labels, 0 = background, instances numbered 1..N consecutively in raster
