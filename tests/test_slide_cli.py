@@ -15,8 +15,19 @@ from napari_biomedparse.slide.cli import expand_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT / "src/napari_biomedparse/data/cmu_small_region.svs"
-FAST = ["--mpp", "2", "--tile-size", "128", "--overlap", "16", "--instances", "components",
-        "--prompts", "nuclei", "--no-progress"]
+FAST = [
+    "--mpp",
+    "2",
+    "--tile-size",
+    "128",
+    "--overlap",
+    "16",
+    "--instances",
+    "components",
+    "--prompts",
+    "nuclei",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -36,7 +47,10 @@ def test_expand_sources(slides):
     got = expand_sources([str(slides)])
     assert [p.name for p in got] == ["a.svs", "broken.svs", "tiny.svs"]
     assert [p.name for p in expand_sources([str(slides / "*.svs"), str(slides / "a.svs")])] == [
-        "a.svs", "broken.svs", "tiny.svs"]
+        "a.svs",
+        "broken.svs",
+        "tiny.svs",
+    ]
     with pytest.raises(FileNotFoundError, match="no file matches"):
         expand_sources([str(slides / "*.ndpi")])
 
@@ -61,8 +75,19 @@ def test_cli_folder_resume_overwrite_and_summary(slides, tmp_path, capsys):
     assert rc == 0 and "already done" in err
     assert (res / "table.parquet").stat().st_mtime_ns == mtime
     # different parameters on a finished result need --overwrite
-    rc = main(["slide", str(slides / "a.svs"), "-o", str(out), *FAST, "--overwrite",
-               "--prompts", "nuclei", "other"])
+    rc = main(
+        [
+            "slide",
+            str(slides / "a.svs"),
+            "-o",
+            str(out),
+            *FAST,
+            "--overwrite",
+            "--prompts",
+            "nuclei",
+            "other",
+        ]
+    )
     assert rc == 0
     meta = json.loads((res / "zarr.json").read_text())
     assert meta["attributes"]["biomedparse_slide"]["class_names"] == ["nuclei", "other"]
@@ -78,6 +103,15 @@ def test_cli_missing_pixel_size_message(tmp_path, monkeypatch, capsys):
     rc = main(["slide", str(tmp_path / "nompp.tif"), "-o", str(tmp_path / "o"), *FAST])
     out = capsys.readouterr().out
     assert rc == 1 and "--slide-mpp" in out
-    rc = main(["slide", str(tmp_path / "nompp.tif"), "-o", str(tmp_path / "o"), *FAST,
-               "--slide-mpp", "0.5"])
+    rc = main(
+        [
+            "slide",
+            str(tmp_path / "nompp.tif"),
+            "-o",
+            str(tmp_path / "o"),
+            *FAST,
+            "--slide-mpp",
+            "0.5",
+        ]
+    )
     assert rc == 0 and "0 objects" in capsys.readouterr().out

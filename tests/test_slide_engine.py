@@ -324,3 +324,18 @@ def test_corrupt_and_unsupported_files(tmp_path):
     with pytest.raises(SlideReadError):
         _quick(txt, tmp_path / "t.zarr")
     assert not (tmp_path / "bad.zarr").exists() and not partial_path(tmp_path / "bad.zarr").exists()
+
+
+def test_split_instances_separate_touching_nuclei(tmp_path):
+    crop = np.asarray(open_image(CMU).levels[0][700:1212, 400:912].compute())
+    kw = dict(
+        model=StainPredictor(256), prompts=["nuclei"], slide_mpp=0.5, mpp=0.5, tissue_mask=False
+    )
+    comp = process_slide(crop, tmp_path / "c.zarr", instances="components", **kw)
+    split = process_slide(crop, tmp_path / "s.zarr", **kw)  # default: split_instances
+    assert split.params["instances"] == "split"
+    assert split.summary["objects"] > comp.summary["objects"] > 20
+    # splitting only cuts objects: every split object lies inside one component object
+    a, b = np.asarray(split.labels[0]), np.asarray(comp.labels[0])
+    for lab in np.unique(a[a > 0]):
+        assert len(np.unique(b[a == lab])) == 1

@@ -178,7 +178,7 @@ def label_window(
             p = probs[c - 1]
             p = p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p
         lab = labeller(m, p)
-        sel = lab > 0
+        sel = (lab > 0) & m  # a labeller may fill holes: objects stay inside their class
         out[sel] = lab[sel] + nxt
         nxt += int(lab.max()) if sel.any() else 0
     return out

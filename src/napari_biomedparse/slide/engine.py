@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import threading
 import time
 import warnings
@@ -398,6 +399,7 @@ def process_slide(
     instances: str = "split",
     min_area_um2: float = 8.0,
     readers: int = 2,
+    keep_tiles: bool = False,
 ) -> SlideResult:
     """Recognise (or segment) a whole slide tile by tile into a zarr store at ``out``.
 
@@ -439,6 +441,11 @@ def process_slide(
         fixed radius of 3 um) or "components" (8-connected components of each class).
     min_area_um2
         objects smaller than this are dropped.
+    readers
+        worker threads reading tiles ahead of the model.
+    keep_tiles
+        keep the raw per-tile probabilities (``tiles/probs``) in the result; by default
+        they are deleted once blended (``tiles/state`` stays as the record of the run).
 
     Returns
     -------
@@ -702,6 +709,8 @@ def process_slide(
         table, outlines = _empty_table(), _empty_outlines()
 
     part = partial_path(out)
+    if not keep_tiles:  # raw tile outputs are only needed until blending is done
+        shutil.rmtree(part / "tiles" / "probs", ignore_errors=True)
     _write_parquet_atomic(table, part / "table.parquet")
     _write_parquet_atomic(outlines, part / "outlines.parquet")
     per_class = {p: int((table["class"] == p).sum()) for p in prompts} if len(table) else {}

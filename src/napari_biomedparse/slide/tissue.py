@@ -1,7 +1,7 @@
 """Tissue mask from a low-resolution level of a slide.
 
-The mask is computed at about ``mask_mpp`` microns per pixel (default 8 um/px; or at a
-downsample of the level-0 grid when the slide has no pixel size) from the pyramid level
+The mask is computed at about ``mask_mpp`` microns per pixel (default 8 um/px, coarser when
+needed to keep it under 1024 px a side) from the pyramid level
 closest to, and not coarser than, that resolution; the remaining integer factor is applied
 with a block-wise mean, so memory stays bounded even for a single-level 100k x 100k image.
 
@@ -87,18 +87,23 @@ def compute_tissue_mask(
     image: SlideImage,
     *,
     mask_mpp: float = 8.0,
+    max_side: int = 1024,
     min_area_um2: float = 2000.0,
     brightfield: bool | None = None,
 ) -> TissueMask:
     """Tissue mask of ``image`` at about ``mask_mpp`` um/px.
 
-    Returns a :class:`TissueMask` (``mask`` bool ``(h, w)``, ``downsample`` in level-0 px).
+    The mask is made coarser than ``mask_mpp`` when needed to keep it at most ``max_side``
+    pixels a side. Returns a :class:`TissueMask` (``mask`` bool ``(h, w)``, ``downsample`` in
+    level-0 px).
     ``brightfield`` None = decide from the image (light median -> brightfield).
     """
     from scipy import ndimage as ndi
 
     mpp0 = image.mpp or 0.5
     target_ds = max(1.0, mask_mpp / mpp0)
+    # bound the mask's size (memory must not grow with the slide): at most max_side px a side
+    target_ds = max(target_ds, max(image.shape) / max_side)
     # keep the mask at a sensible size for tiny images
     h0, w0 = image.shape
     target_ds = min(target_ds, max(1.0, min(h0, w0) / 64))
