@@ -255,6 +255,8 @@ def test_recognize_targets_from_model_vocabulary_and_errors(hne):
         segment(StandIn(), hne, [], modality="pathology")
     with pytest.raises(ValueError, match="unknown modality 'histo-x'.*Pathology"):
         detect(StandIn(), hne, ["nuclei"], modality="histo-x")
+    with pytest.raises(ValueError, match="ambiguous image of shape"):
+        segment(StandIn(), np.zeros((64, 64, 6), np.uint16), ["x"], modality="fluorescence")
     with pytest.raises(ValueError, match="5 channels"):
         segment(
             StandIn(), np.zeros((32, 32, 5), np.uint16), ["x"], modality="fluorescence", is_3d=False

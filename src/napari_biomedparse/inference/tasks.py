@@ -100,7 +100,15 @@ def _is_stack(shape: tuple, channels, is_3d: bool | None) -> bool:
     if ndim == 3:
         if channels is not None:
             return False
-        return shape[-1] > 4  # (H, W, 1|3|4) is a 2-D image, (Z, H, W) a stack
+        if shape[-1] <= 4:
+            return False  # (H, W, 1|3|4): grey, RGB or RGBA
+        if shape[-1] <= 32 and shape[-1] * 4 < min(shape[0], shape[1]):
+            raise ValueError(
+                f"ambiguous image of shape {shape}: a multichannel (H, W, C) image with "
+                f"{shape[-1]} channels or a stack of {shape[0]} slices of {shape[1]} x "
+                f"{shape[2]} pixels? Pass channels=[...] (multichannel) or is_3d=True (stack)"
+            )
+        return True  # (Z, H, W)
     raise ValueError(
         f"cannot interpret an image of shape {shape}: expected (H, W), (H, W, C), (Z, H, W) or "
         "(Z, H, W, C) (use channel_axis= if channels are not last)"
