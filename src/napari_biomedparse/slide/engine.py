@@ -703,19 +703,16 @@ def process_slide(
         prog.advance(n_blocks)
         n_levels = _pyramid(group, "labels", "int32")
         _pyramid(group, "classes", "uint8")
-        table, outlines = _assemble_table(bdir, n_blocks, offsets, grid, prompts, target_mpp)
     else:
-        n_levels = 1
-        table, outlines = _empty_table(), _empty_outlines()
+        n_levels, bdir, offsets = 1, None, None
 
     part = partial_path(out)
     if not keep_tiles:  # raw tile outputs are only needed until blending is done
         shutil.rmtree(part / "tiles" / "probs", ignore_errors=True)
-    _write_parquet_atomic(table, part / "table.parquet")
-    _write_parquet_atomic(outlines, part / "outlines.parquet")
-    per_class = {p: int((table["class"] == p).sum()) for p in prompts} if len(table) else {}
+    per_class = _write_tables(bdir, n_blocks, offsets, grid, prompts, target_mpp, part)
+    n_objects = int(sum(per_class.values()))
     summary = {
-        "objects": int(len(table)),
+        "objects": n_objects,
         "objects_per_class": per_class,
         "tiles_total": int(grid.n_tiles),
         "tiles_processed": int(len(selected)),
@@ -756,51 +753,60 @@ def _split_labeller(radius_px: float):
     return labeller
 
 
-def _empty_table():
-    import pandas as pd
+def _table_schemas():
+    import pyarrow as pa
 
     from .blockwise import TABLE_COLUMNS
 
-    cols = {c: pd.Series([], dtype="float64") for c in TABLE_COLUMNS}
-    for c in ("label", "class_id", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"):
-        cols[c] = pd.Series([], dtype="int64")
-    cols["class"] = pd.Series([], dtype="object")
-    return pd.DataFrame(cols)[list(TABLE_COLUMNS)]
-
-
-def _empty_outlines():
-    import pandas as pd
-
-    return pd.DataFrame(
-        {
-            "label": pd.Series([], dtype="int64"),
-            "y": pd.Series([], dtype="object"),
-            "x": pd.Series([], dtype="object"),
-        }
+    ints = {"label", "class_id", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"}
+    fields = []
+    for c in TABLE_COLUMNS:
+        t = pa.int64() if c in ints else pa.string() if c == "class" else pa.float64()
+        fields.append(pa.field(c, t))
+    table = pa.schema(fields)
+    outl = pa.schema(
+        [
+            pa.field("label", pa.int64()),
+            pa.field("y", pa.list_(pa.float32())),
+            pa.field("x", pa.list_(pa.float32())),
+        ]
     )
+    return table, outl
 
 
-def _assemble_table(bdir: Path, n_blocks, offsets, grid: TileGrid, prompts, target_mpp):
-    """Table and outlines in level-0 pixel coordinates from the block records."""
-    import pandas as pd
+def _write_tables(bdir: Path, n_blocks, offsets, grid: TileGrid, prompts, target_mpp, part):
+    """Stream the table and outlines (level-0 pixel coordinates) from the block records into
+    ``table.parquet`` / ``outlines.parquet``, one row group per block (memory stays bounded
+    whatever the number of objects). Returns objects per class."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from .blockwise import TABLE_COLUMNS
 
     s = grid.scale
     H0, W0 = grid.level0_shape
-    parts, labels, oys, oxs = [], [], [], []
-    for b in range(n_blocks):
-        with np.load(bdir / f"b_{b}.npz") as a:
-            rec = BlockRecord.from_arrays(a)
-        if rec.n == 0:
-            continue
-        r = rec.rows
-        lab = np.arange(1, rec.n + 1, dtype=np.int64) + int(offsets[b])
-        df = pd.DataFrame(
-            {
+    names = np.array(prompts, dtype=object)
+    schema_t, schema_o = _table_schemas()
+    tmp_t = part / f"table.parquet.tmp-{os.getpid()}"
+    tmp_o = part / f"outlines.parquet.tmp-{os.getpid()}"
+    counts = np.zeros(len(prompts), np.int64)
+    with pq.ParquetWriter(tmp_t, schema_t) as wt, pq.ParquetWriter(tmp_o, schema_o) as wo:
+        for b in range(n_blocks):
+            if bdir is None:
+                break
+            with np.load(bdir / f"b_{b}.npz") as a:
+                rec = BlockRecord.from_arrays(a)
+            if rec.n == 0:
+                continue
+            r = rec.rows
+            lab = np.arange(1, rec.n + 1, dtype=np.int64) + int(offsets[b])
+            cid = r["class_id"].astype(np.int64)
+            np.add.at(counts, cid - 1, 1)
+            cols = {
                 "label": lab,
-                "class_id": r["class_id"].astype(np.int64),
-                "score": r["mean_prob"],
+                "class": names[cid - 1].astype(str),
+                "class_id": cid,
+                "score": r["mean_prob"].astype(np.float64),
                 "p_value": np.full(rec.n, np.nan),
                 # areas: output pixels -> level-0 pixels / um^2
                 "area": np.rint(r["area"] * s * s).astype(np.int64),
@@ -812,29 +818,25 @@ def _assemble_table(bdir: Path, n_blocks, offsets, grid: TileGrid, prompts, targ
                 "bbox_x0": np.floor(r["bbox_x0"] * s).astype(np.int64),
                 "bbox_y1": np.minimum(np.ceil(r["bbox_y1"] * s), H0).astype(np.int64),
                 "bbox_x1": np.minimum(np.ceil(r["bbox_x1"] * s), W0).astype(np.int64),
-                "mean_prob": r["mean_prob"],
+                "mean_prob": r["mean_prob"].astype(np.float64),
             }
-        )
-        parts.append(df)
-        for o in rec.outlines:
+            wt.write_table(pa.table([cols[c] for c in TABLE_COLUMNS], schema=schema_t))
             # the last output row / column may reach up to s/2 past the slide edge: clamp
-            oys.append(np.minimum(o[:, 0] * s, H0).astype(np.float32))
-            oxs.append(np.minimum(o[:, 1] * s, W0).astype(np.float32))
-        labels.append(lab)
-    if not parts:
-        return _empty_table(), _empty_outlines()
-    table = pd.concat(parts, ignore_index=True)
-    names = np.array(prompts, dtype=object)
-    table["class"] = names[table["class_id"].to_numpy() - 1]
-    table = table[list(TABLE_COLUMNS)]
-    outlines = pd.DataFrame({"label": np.concatenate(labels), "y": oys, "x": oxs})
-    return table, outlines
-
-
-def _write_parquet_atomic(df, path: Path):
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+            ys = [np.minimum(o[:, 0] * s, H0).astype(np.float32) for o in rec.outlines]
+            xs = [np.minimum(o[:, 1] * s, W0).astype(np.float32) for o in rec.outlines]
+            wo.write_table(
+                pa.table(
+                    [
+                        pa.array(lab),
+                        pa.array(ys, pa.list_(pa.float32())),
+                        pa.array(xs, pa.list_(pa.float32())),
+                    ],
+                    schema=schema_o,
+                )
+            )
+    os.replace(tmp_t, part / "table.parquet")
+    os.replace(tmp_o, part / "outlines.parquet")
+    return {p: int(c) for p, c in zip(prompts, counts)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,13 +33,23 @@ def geojson_features(result, object_type: str = "detection", include_offset: boo
     """Yield GeoJSON Feature dicts for every object of ``result`` (a SlideResult)."""
     if object_type not in ("detection", "cell", "annotation"):
         raise ValueError(f"object_type must be 'detection' or 'cell', got {object_type!r}")
-    table = result.table
-    outlines = result.outlines
+    import pyarrow.parquet as pq
+
     names = result.class_names
     colors = result.class_colors
     oy, ox = result.offset if include_offset else (0, 0)
-    by_label = {int(lab): i for i, lab in enumerate(outlines["label"].to_numpy())}
     src = str(result.params.get("source", {}).get("name", ""))
+    # both files hold the same rows in the same row groups (one per instance block): stream
+    ft = pq.ParquetFile(result.path / "table.parquet")
+    fo = pq.ParquetFile(result.path / "outlines.parquet")
+    for g in range(ft.num_row_groups):
+        table = ft.read_row_group(g).to_pandas()
+        outl = fo.read_row_group(g).to_pandas()
+        yield from _features(table, outl, names, colors, oy, ox, src, object_type)
+
+
+def _features(table, outlines, names, colors, oy, ox, src, object_type):
+    by_label = {int(lab): i for i, lab in enumerate(outlines["label"].to_numpy())}
     for row in table.itertuples(index=False):
         i = by_label.get(int(row.label))
         if i is None:
