@@ -104,3 +104,22 @@ def test_released_depths_decode_consistency():
             )
             assert one["matched"][0, 0] == fast["matched"][1, j]
             assert (one["matched_masks"][0, 0] - fast["matched_masks"][1, j]).abs().max() < 1e-4
+
+
+def test_pixel_decoder_wider_than_decoder_gets_input_projections():
+    """Official rule: 1x1 input projections exist when CONVS_DIM != HIDDEN_DIM (or
+    ENFORCE_INPUT_PROJ); mask_dim may differ from hidden_dim."""
+    cfg = dataclasses.replace(BiomedParseConfig.tiny(input_size=128), convs_dim=64, mask_dim=48)
+    model = build_model(cfg)
+    keys = [k for k in model.state_dict() if k.startswith("sem_seg_head.predictor.input_proj.")]
+    assert len(keys) == 6
+    assert model.state_dict()["sem_seg_head.predictor.input_proj.0.weight"].shape == (32, 64, 1, 1)
+    with torch.inference_mode():
+        feats = model.encode_image(torch.rand(1, 3, 128, 128) * 255)
+        out = model.decode(feats, model.encode_text(["liver", "tumor"]), all_masks=True)
+    assert feats["mask_features"].shape == (1, 48, 32, 32)
+    assert out["pred_masks"].shape == (1, 2, 11, 32, 32)
+    assert not any(
+        k.startswith("sem_seg_head.predictor.input_proj.")
+        for k in build_model(BiomedParseConfig.tiny(), device="meta").state_dict()
+    )

@@ -32,7 +32,8 @@ class BiomedParseConfig:
         [HEADS], text_layers [LAYERS], dim_proj [MODEL.DIM_PROJ] (must equal hidden_dim).
     Decoder (``MODEL.DECODER``): hidden_dim, num_queries [NUM_OBJECT_QUERIES], nheads,
         dim_feedforward, decoder_layers = DEC_LAYERS - 1 (number of transformer layers),
-        num_feature_levels (3), spatial_memories [ATTENTION_ARCH.SPATIAL_MEMORIES] (only the size
+        num_feature_levels (3), enforce_input_proj [ENFORCE_INPUT_PROJ] (1x1 convs from the
+        pixel decoder to the decoder, also built when convs_dim != hidden_dim), spatial_memories [ATTENTION_ARCH.SPATIAL_MEMORIES] (only the size
         of an unused parameter, kept for checkpoint compatibility).
     Input: input_size (square side in pixels the model runs at; masks come out at
         input_size / 4), pixel_mean / pixel_std (RGB, 0-255 scale), size_divisibility.
@@ -70,6 +71,7 @@ class BiomedParseConfig:
     dim_feedforward: int = 2048
     decoder_layers: int = 9
     num_feature_levels: int = 3
+    enforce_input_proj: bool = False
     spatial_memories: int = 32
     # input
     input_size: int = 1024
@@ -94,13 +96,6 @@ class BiomedParseConfig:
                 f"dim_proj ({self.dim_proj}) must equal hidden_dim ({self.hidden_dim}): text "
                 "tokens are concatenated with the object queries"
             )
-        if self.convs_dim != self.hidden_dim:
-            problems.append(
-                f"convs_dim ({self.convs_dim}) must equal hidden_dim ({self.hidden_dim}) "
-                "(the decoder's input projection is the identity)"
-            )
-        if self.mask_dim != self.hidden_dim:
-            problems.append(f"mask_dim ({self.mask_dim}) must equal hidden_dim ({self.hidden_dim})")
         if self.hidden_dim % self.nheads or self.text_width % self.text_heads:
             problems.append("hidden_dim / text_width must be divisible by their number of heads")
         if self.convs_dim % self.norm_groups:
@@ -214,6 +209,7 @@ class BiomedParseConfig:
             nheads=nheads,
             dim_feedforward=dim_ff,
             decoder_layers=dec["DEC_LAYERS"] - 1,
+            enforce_input_proj=bool(dec.get("ENFORCE_INPUT_PROJ", False)),
             spatial_memories=spatial,
             input_size=int(input_size),
             pixel_mean=tuple(ref.get("pixel_mean", (123.675, 116.28, 103.53))),

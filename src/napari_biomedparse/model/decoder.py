@@ -129,6 +129,13 @@ class SEEMDecoder(nn.Module):
         self.query_embed = nn.Embedding(cfg.num_queries, c)
         self.pn_indicator = nn.Embedding(2, c)
         self.level_embed = nn.Embedding(cfg.num_feature_levels, c)
+        # identity (no weights) in the released model; 1x1 convs otherwise (official rule)
+        self.input_proj = nn.ModuleList(
+            nn.Conv2d(cfg.convs_dim, c, kernel_size=1)
+            if cfg.convs_dim != c or cfg.enforce_input_proj
+            else nn.Identity()
+            for _ in range(cfg.num_feature_levels)
+        )
         self.mask_embed = MLP(c, c, cfg.mask_dim, 3)
         self.mask_sptial_embed = nn.ParameterList(nn.Parameter(torch.empty(c, c)) for _ in range(3))
         for p in self.mask_sptial_embed:
@@ -234,7 +241,7 @@ class SEEMDecoder(nn.Module):
             learnable queries before the first layer).
         """
         b = mask_features.shape[0]
-        c = mask_features.shape[1]
+        c = self.cfg.hidden_dim
         dev = mask_features.device
         dtype = mask_features.dtype
         token_emb = text["token_emb"].to(dtype)
@@ -263,6 +270,7 @@ class SEEMDecoder(nn.Module):
         levels = []
         for lvl, feat in enumerate(multi_scale_features[: self.num_feature_levels]):
             h, w = feat.shape[-2:]
+            feat = self.input_proj[lvl](feat)
             src = feat.flatten(2).transpose(1, 2) + self.level_embed.weight[lvl].to(dtype)
             pos = sine_position_embedding(1, h, w, c // 2, device=dev, dtype=dtype)
             pos = pos.flatten(2).transpose(1, 2)
