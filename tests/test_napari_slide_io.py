@@ -170,3 +170,32 @@ def test_writer_shapes_and_napari_save(make_napari_viewer, tmp_path):
     csv = tmp_path / "cells.csv"
     viewer.layers["cells"].save(str(csv), plugin="napari-biomedparse")
     assert pd.read_csv(csv)["class"].tolist() == ["neoplastic cells", "inflammatory cells"]
+
+
+def test_slide_cancel_mid_run_leaves_viewer_unchanged(
+    make_napari_viewer, qtbot, plugin_model, tmp_path
+):
+    from napari_biomedparse._napari._widgets.slide import SlideWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-biomedparse", "cmu_small_region")
+    w = SlideWidget(viewer)
+    w.mpp.value = 1.0
+    w.output_folder.value = str(tmp_path)
+    seen = []
+
+    def on_progress(done, total, message):
+        seen.append((done, total, message))
+        if "tile" in message.lower() and done >= 1:
+            w.run.cancel()  # mid-run: some tiles done, not all
+
+    w.run._emitter.progress.connect(on_progress)
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "cancelled"
+    assert [lay.name for lay in viewer.layers] == ["cmu_small_region"]
+    out = tmp_path / "cmu_small_region.biomedparse.zarr"
+    assert not out.exists()  # no half-made result
+    assert Path(str(out) + ".partial").exists()  # finished tiles kept for a resume
+    tiles = [(d, t) for d, t, m in seen if "tile" in m.lower()]
+    assert tiles and tiles[-1][0] < tiles[-1][1]
