@@ -328,7 +328,8 @@ def test_model_changed_in_memory_is_shipped_not_reloaded_from_its_file(client, m
     changed = Predictor(load_model(model_path), device="cpu")
     with torch.no_grad():
         next(changed.model.parameters()).add_(0.5)
-    spec2 = dist._register_for(client, changed, changed, "cpu")
+    with pytest.warns(UserWarning, match="differs from the caller's model"):
+        spec2 = dist._register_for(client, changed, changed, "cpu")
     assert spec2.kind == "model"
     fps = client.run(lambda: model_fingerprint(dist.get_predictor(spec2.light())))
     assert set(fps.values()) == {model_fingerprint(changed)} != {model_fingerprint(same)}

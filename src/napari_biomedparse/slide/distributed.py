@@ -338,13 +338,17 @@ def _register_for(client, model, predictor, device) -> ModelSpec:
     spec = model_spec(model, predictor, device=device)
     try:
         register_model(client, spec)
-    except ModelMismatch:
-        if isinstance(model, (str, os.PathLike)):
+    except ModelMismatch as exc:
+        obj = predictor if predictor is not None else model
+        if isinstance(obj, (str, os.PathLike)):
             raise
-        spec = model_spec(model, predictor, device=device, by_path=False)
+        import warnings
+
+        warnings.warn(f"{exc}; shipping the caller's model to the workers", stacklevel=3)
+        spec = model_spec(obj, predictor, device=device, by_path=False)
         register_model(client, spec)
         with contextlib.suppress(Exception):
-            (predictor if predictor is not None else model)._nbp_spec = spec
+            obj._nbp_spec = spec
     return spec
 
 
