@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=0, help="tile-making threads (0: none)")
+    p.add_argument("--processes", action="store_true", help="make tiles in worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--val-every", type=int, default=0, help="report held-out Dice every N steps")
     p.add_argument("--log", default=None, help="also write the history as JSON here")
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
         existence_tiles=64,
         val_every=args.val_every,
         workers=args.workers,
+        processes=args.processes,
         half=not args.float32,
         max_seconds=args.max_seconds,
         amp=args.amp,

@@ -631,6 +631,33 @@ class TileSampler:
         )
 
 
+_WORKER_SAMPLER: TileSampler | None = None
+
+
+def _init_worker(sampler: TileSampler) -> None:
+    global _WORKER_SAMPLER
+    _WORKER_SAMPLER = sampler
+
+
+def _worker_tile(seed: int):
+    return _WORKER_SAMPLER.tile(np.random.default_rng(seed))
+
+
+def process_pool(sampler: TileSampler, workers: int):
+    """A process pool whose workers hold a copy of ``sampler`` (made by fork where available,
+    so the images are not pickled per tile); pass it to :meth:`TileSampler.batch`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(sampler,)
+    )
+    pool._napari_biomedparse_sampler = sampler
+    return pool
+
+
 def tiles_covering(shape: tuple[int, int], tile: int, overlap: int = 32) -> list[tuple[int, int]]:
     """Origins (y, x) of tiles of side ``tile`` that cover an (H, W) image with ``overlap``."""
     h, w = shape

@@ -341,8 +341,10 @@ def finetune(
     log_every: int = 10,
     copy_model: bool = False,
     workers: int = 0,
+    processes: bool = False,
     half: bool = False,
     max_seconds: float | None = None,
+    save_on_cancel: bool = True,
 ) -> FinetuneResult:
     """Fine-tune a BiomedParse model on annotated images.
 
@@ -369,11 +371,14 @@ def finetune(
             starting model's ``target_dist``).
         amp: bfloat16 autocast on CUDA.
         progress: ``progress(done, total, message)`` after every logged step.
-        cancel: ``threading.Event``-like; when set, training stops after the current step, the
-            model is still validated, fitted and saved.
+        cancel: ``threading.Event``-like; when set, training stops after the current step;
+            the model is then still validated, fitted and saved, unless ``save_on_cancel`` is
+            False (then it returns at once with ``cancelled=True`` and writes nothing).
         copy_model: train a deep copy (leave a passed-in model untouched).
         workers: threads making tiles; > 0 also prepares the next batch while the model
             trains (same tiles as with 0: each tile has its own seeded generator).
+        processes: make tiles in ``workers`` processes instead of threads (faster for big
+            batches on many-core machines; uses fork where available).
         half: store the checkpoint's floating-point tensors as float16 (half the file size;
             ``load_checkpoint`` converts them back to the model's dtype).
         max_seconds: wall-clock budget of the optimisation: training ends after ``steps`` or
@@ -405,11 +410,20 @@ def finetune(
     if copy_model:
         net = copy.deepcopy(net)
     base_meta = dict(getattr(net, "metadata", None) or {})
-    net.to(dev)
     S = int(tile_size or net.config.input_size)
     if isinstance(augment, bool):
         augment = AugmentConfig() if augment else None
     sampler = TileSampler(train_images, tile_size=S, augment=augment, seed=seed)
+    pool = prefetcher = pending = None
+    if workers > 0:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .data import process_pool
+
+        # processes are forked before the model moves to an accelerator
+        pool = process_pool(sampler, workers) if processes else ThreadPoolExecutor(workers)
+        prefetcher = ThreadPoolExecutor(1)
+    net.to(dev)
 
     trainable = []
     for pname, p in net.named_parameters():
@@ -445,12 +459,6 @@ def finetune(
 
     net.train()
     report(0, f"training {len(trainable)} tensors on {dev} for {steps} steps")
-    pool = prefetcher = pending = None
-    if workers > 0:
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(workers)
-        prefetcher = ThreadPoolExecutor(1)
     t_train[0] = time.time()
     try:
         for step in range(steps):
@@ -493,6 +501,9 @@ def finetune(
             pool.shutdown(wait=True)
 
     net.eval()
+    if result.cancelled and not save_on_cancel:
+        result.seconds = time.time() - t0
+        return result
     if val_images:
         report(result.steps, "validating")
         result.val_dice = evaluate_dice(net, val_images, tile_size=S)
