@@ -14,6 +14,7 @@ only what napari draws.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class LayerResult:
     class_colors: list[tuple[int, int, int]]
     offset: tuple[int, int] = (0, 0)
     params: dict = field(default_factory=dict)
+    path: Path | None = None  # a folder with table.parquet / outlines.parquet (see _stored)
 
 
 def _bp(attributes: dict) -> dict:
@@ -121,7 +123,14 @@ def _write(path: str, table: pd.DataFrame, result_fn) -> list[str]:
     if Path(path).suffix.lower() == ".csv":
         cols = [c for c in table.columns if c != "class_id"]
         return [os.fspath(write_table(table[cols], path, "csv"))]
-    return [os.fspath(write_geojson(result_fn(), path))]
+    result = result_fn()
+    # the encoder streams a result's table / outlines from its Parquet files, as a slide
+    # store holds them: give it the same two files in a temporary folder
+    with tempfile.TemporaryDirectory(prefix="biomedparse-export-") as tmp:
+        result.path = Path(tmp)
+        result.table.to_parquet(result.path / "table.parquet", index=False)
+        result.outlines.to_parquet(result.path / "outlines.parquet", index=False)
+        return [os.fspath(write_geojson(result, path))]
 
 
 def write_labels(path: str, data, attributes: dict) -> list[str]:
