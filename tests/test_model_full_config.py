@@ -87,6 +87,16 @@ def test_released_depths_decode_consistency():
             assert torch.equal(a["attn_mask"], b["attn_mask"])
         assert torch.equal(full["matched"], fast["matched"])
         assert (full["matched_masks"] - fast["matched_masks"]).abs().max() < 1e-4
+        # attention-mask logits evaluated a few sequences at a time (bounded memory): same
+        model.decoder.attn_mask_chunk_elements = 1
+        try:
+            trace_chunked: list = []
+            chunked = model.decode(feats, text, trace=trace_chunked)
+        finally:
+            del model.decoder.attn_mask_chunk_elements
+        for a, b in zip(trace_fast, trace_chunked):
+            assert torch.equal(a["attn_mask"], b["attn_mask"])
+        assert torch.equal(chunked["matched_masks"], fast["matched_masks"])
         # the per-encoding cache of prompt-independent tensors gives identical results
         cache: dict = {}
         first = model.decode(feats, text, cache=cache)

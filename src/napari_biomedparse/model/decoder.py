@@ -180,24 +180,41 @@ class SEEMDecoder(nn.Module):
             feats = feats.index_select(3, torch.stack(tx, 1).flatten().to(feats.device))
         return feats
 
+    #: max mask-logit elements evaluated at once for an attention mask (bounds the transient
+    #: memory with many prompts / tiles: 2**26 float32 = 256 MiB)
+    attn_mask_chunk_elements = 2**26
+
     def _attn_mask(self, mask_emb, sampled_features, full_masks, size) -> torch.Tensor:
         """Allowed-positions mask (B, S*Q, h*w) bool for the next cross-attention: bilinear
         resize of the mask logits to ``size``, ``sigmoid < 0.5`` blocked, fully blocked rows
         reset to all allowed (official rule). Mask logits are evaluated on
-        ``sampled_features`` (see :meth:`_sampled_features`) unless ``full_masks`` is given."""
+        ``sampled_features`` (see :meth:`_sampled_features`), a few sequences at a time,
+        unless ``full_masks`` is given."""
         b, s, q = mask_emb.shape[:3]
-        if full_masks is None:
-            full_masks = self._masks(mask_emb, sampled_features)
-        hh, ww = full_masks.shape[-2:]
+        if full_masks is not None:
+            return self._threshold(full_masks, size)
+        hw = sampled_features.shape[-2] * sampled_features.shape[-1]
+        step = max(1, self.attn_mask_chunk_elements // max(1, b * q * hw))
+        parts = [
+            self._threshold(self._masks(mask_emb[:, i : i + step], sampled_features), size)
+            for i in range(0, s, step)
+        ]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        return out.view(b, s * q, size[0] * size[1])
+
+    @staticmethod
+    def _threshold(masks: torch.Tensor, size) -> torch.Tensor:
+        """(B, S, Q, h', w') logits -> allowed (B, S, Q, h*w) bool at ``size``."""
+        b, s, q, hh, ww = masks.shape
         m = F.interpolate(
-            full_masks.reshape(b * s, q, hh, ww).float(),
+            masks.reshape(b * s, q, hh, ww).float(),
             size=size,
             mode="bilinear",
             align_corners=False,
         )
         allowed = ~(m.sigmoid().flatten(2) < 0.5)
         allowed = allowed | ~allowed.any(-1, keepdim=True)
-        return allowed.view(b, s * q, size[0] * size[1]).detach()
+        return allowed.view(b, s, q, size[0] * size[1]).detach()
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -310,6 +327,7 @@ class SEEMDecoder(nn.Module):
                         memory_cache[key] = self._sampled_features(mask_features, next_size)
                     sampled = memory_cache[key]
                 attn = self._attn_mask(mask_emb, sampled, full, next_size)
+                attn = attn.reshape(b, s * q, -1)
             pred = {
                 "pred_masks": full,
                 "pred_captions": captions,
