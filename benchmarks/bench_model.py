@@ -87,33 +87,44 @@ def run_variant(model, device, dtype_name: str, compile_: bool, args) -> dict:
         eager_encode = model.encode_image
         model.encode_image = torch.compile(eager_encode, dynamic=False)
     try:
-        # warm-up (and compilation); also the first-call cost and, on CPU, the memory growth
+        # first call (warm-up, compilation): time and peak memory of one predict(1 prompt)
         gc.collect()
         rss0 = _rss_peak_bytes()
-        t0 = time.perf_counter()
-        enc = pred.encode(image)
-        pred.decode(enc, PROMPTS[:1])
-        _sync(device)
-        res["first_call_s"] = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base_cuda = torch.cuda.memory_allocated(device)
-        res["encode_s"], enc = _timed(lambda: pred.encode(image), device, args.repeats)
-        res["decode1_s"], _ = _timed(lambda: pred.decode(enc, PROMPTS[:1]), device, args.repeats)
+        t0 = time.perf_counter()
+        pred.predict(image, PROMPTS[:1])
+        _sync(device)
+        res["first_call_s"] = time.perf_counter() - t0
+        if device.type == "cuda":
+            res["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) - base_cuda
+            res["peak_mem_kind"] = "CUDA memory allocated above the weights"
+        else:
+            res["peak_mem_bytes"] = max(0, _rss_peak_bytes() - rss0)
+            res["peak_mem_kind"] = "growth of the process peak RSS above the weights"
+            res["rss_peak_bytes"] = _rss_peak_bytes()
+        if compile_ and device.type == "cuda":  # a second warm-up for autotuned kernels
+            pred.predict(image, PROMPTS[:1])
+        res["encode_s"], _ = _timed(lambda: pred.encode(image, cache=False), device, args.repeats)
+        # decoder on an encoding without cache: every call recomputes the prompt-independent
+        # tensors, as predict() does
+        enc = pred.encode(image, cache=False)
         for n in args.prompts:
             res[f"decode{n}_s"], _ = _timed(
-                lambda n=n: pred.decode(enc, PROMPTS[:n]), device, args.repeats
+                lambda n=n: pred.decode(enc, PROMPTS[:n]), device, args.decode_repeats
             )
+        # decoder on an encoding whose cache is warm (GUI: trying prompts on one image)
+        enc_c = pred.encode(image, cache=True)
+        pred.decode(enc_c, PROMPTS[:1])
+        res["decode1_cached_s"], _ = _timed(
+            lambda: pred.decode(enc_c, PROMPTS[1:2]), device, args.decode_repeats
+        )
+        enc = enc_c = None  # free the encodings before the predict timings
+        for n in args.prompts:
             res[f"predict{n}_s"], _ = _timed(
                 lambda n=n: pred.predict(image, PROMPTS[:n]), device, args.repeats
             )
-        if device.type == "cuda":
-            res["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) - base_cuda
-            res["peak_mem_kind"] = "CUDA allocated above the weights"
-        else:
-            res["peak_mem_bytes"] = max(0, _rss_peak_bytes() - rss0)
-            res["peak_mem_kind"] = "growth of the process peak RSS over the weights, first call"
-            res["rss_peak_bytes"] = _rss_peak_bytes()
     finally:
         if compile_:
             model.encode_image = eager_encode
@@ -123,50 +134,57 @@ def run_variant(model, device, dtype_name: str, compile_: bool, args) -> dict:
 def format_section(results: list[dict], meta: dict, prompts: list[int]) -> str:
     n1 = prompts[0]
     lines = [
-        f"### Model (issue 3): `{meta['config']}` configuration on {meta['device_kind']}",
+        f"### `{meta['config']}` configuration on {meta['device_kind']}",
         "",
         f"Device: {meta['device_name']}. {meta['date']}, torch {torch.__version__}, "
         f"input {meta['input_size']} x {meta['input_size']}, {meta['params'] / 1e6:.1f} M "
-        f"parameters (random weights), median of {meta['repeats']} runs after one warm-up. "
-        f"`predict(n)` = official-semantics call with n prompts (one image encoding, one batched "
-        f"decoder pass, probabilities at full size); `decode(n)` = decoder only on a cached "
-        f"encoding. Command: `{meta['command']}`.",
+        f"parameters (random weights). `predict(n)`: official-semantics call with n prompts "
+        f"(one image encoding, one batched decoder pass, probabilities at full size), median of "
+        f"{meta['repeats']}; `encode`: image encoder only, median of {meta['repeats']}; "
+        f"`decode(n)`: decoder only, on an encoding without cache (what predict does), median of "
+        f"{meta['decode_repeats']}; *cached*: decoder on an encoding whose prompt-independent "
+        f"tensors are cached (`Predictor.encode(..., cache=True)`, trying prompts on one image). "
+        f"Estimated cost of n prompts = (encode + decode(n)) / (encode + decode({n1})); measured "
+        f"= predict(n) / predict({n1}). First call = first predict({n1}) (warm-up, compilation), "
+        f"which also gives the peak memory. Command: `{meta['command']}`.",
         "",
     ]
     if meta["device_kind"] == "cpu":
         lines += [
-            "The CPU is shared with other jobs while this ran, so CPU times are indicative only.",
+            "The 2 CPU cores were shared with other jobs (load average about 4 to 8) while this "
+            "ran: absolute CPU times are inflated and single measurements are noisy; the "
+            "estimated ratios, built from the component medians, are the more reliable ones.",
             "",
         ]
-    head = "| variant | first call (s) | encode (s) | decode 1 prompt (s) |"
+    head = "| variant | first call (s) | peak memory | encode (s) |"
     sep = "|---|---|---|---|"
+    for n in prompts:
+        head += f" decode {n} (s) |"
+        sep += "---|"
+    head += " decode 1, cached (s) |"
+    sep += "---|"
     for n in prompts:
         head += f" predict {n} (s) |"
         sep += "---|"
     for n in prompts[1:]:
-        head += f" cost {n} / {n1} prompt |"
+        head += f" cost {n} / {n1} prompt: estimated, measured |"
         sep += "---|"
-    head += " peak memory of the forward |"
-    sep += "---|"
     lines += [head, sep]
     for r in results:
         row = (
-            f"| {r['variant']} | {r['first_call_s']:.2f} | {r['encode_s']:.3f} | "
-            f"{r['decode1_s']:.3f} |"
+            f"| {r['variant']} | {r['first_call_s']:.2f} | "
+            f"{r['peak_mem_bytes'] / 2**20:.0f} MiB ({r['peak_mem_kind']}) | {r['encode_s']:.3f} |"
         )
+        for n in prompts:
+            row += f" {r[f'decode{n}_s']:.3f} |"
+        row += f" {r['decode1_cached_s']:.3f} |"
         for n in prompts:
             row += f" {r[f'predict{n}_s']:.3f} |"
         for n in prompts[1:]:
-            row += f" {r[f'predict{n}_s'] / r[f'predict{n1}_s']:.2f} x |"
-        row += f" {r['peak_mem_bytes'] / 2**20:.0f} MiB ({r['peak_mem_kind']}) |"
+            est = (r["encode_s"] + r[f"decode{n}_s"]) / (r["encode_s"] + r[f"decode{n1}_s"])
+            meas = r[f"predict{n}_s"] / r[f"predict{n1}_s"]
+            row += f" {est:.2f} x, {meas:.2f} x |"
         lines.append(row)
-    lines += ["", "Decoder only, on a cached encoding:", ""]
-    lines.append("| variant |" + "".join(f" decode {n} (s) |" for n in prompts))
-    lines.append("|---|" + "---|" * len(prompts))
-    for r in results:
-        lines.append(
-            f"| {r['variant']} |" + "".join(f" {r[f'decode{n}_s']:.3f} |" for n in prompts)
-        )
     lines.append("")
     return "\n".join(lines)
 
@@ -206,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", choices=["v1", "tiny"], default="v1")
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16, fp16")
     ap.add_argument("--compile", action="store_true", help="also run torch.compile variants")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of encode / predict")
+    ap.add_argument("--decode-repeats", type=int, default=5, help="repeats of decode")
     ap.add_argument("--prompts", default="1,4,16", help="prompt counts (first = reference)")
     ap.add_argument("--input-size", type=int, default=None, help="override the input size")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -254,6 +273,7 @@ def main(argv=None) -> int:
         "input_size": cfg.input_size,
         "params": sum(p.numel() for p in model.parameters()),
         "repeats": args.repeats,
+        "decode_repeats": args.decode_repeats,
         "command": "python benchmarks/bench_model.py " + " ".join(argv or sys.argv[1:]),
     }
     section = format_section(results, meta, args.prompts)
