@@ -135,3 +135,15 @@ def test_view_region_transform():
     # a view larger than the preview size is read with a stride
     pixels, scale, translate = view_region(inp, 0, max_side=50)
     assert pixels.shape == (50, 40) and scale == (1.0, 1.0) and translate == (10.0, 20.0)
+
+
+def test_stack_results_keep_the_z_axis():
+    """A (Z, H, W) stack gives 3D labels and 3D shapes with the image's 3D transform."""
+    from napari.layers import Layer
+
+    t = _table()
+    t["z"] = [0, 1, 2]
+    (data, kw, kind), note = L.shapes_layer(t, scale=(2.0, 0.5, 0.5), translate=(0, 1, 1))
+    shapes = Layer.create(data, kw, kind)
+    assert shapes.ndim == 3 and np.allclose(shapes.scale, [2.0, 0.5, 0.5])
+    assert [int(d[0, 0]) for d in shapes.data] == [0, 1, 2]

@@ -102,8 +102,8 @@ def as_image_input(image, *, name=None, scale=None, translate=None, mpp=None) ->
         src = getattr(getattr(image, "source", None), "path", None)
         inp = ImageInput(
             data=data,
-            scale=tuple(float(s) for s in image.scale[-2:]),
-            translate=tuple(float(t) for t in image.translate[-2:]),
+            scale=tuple(float(s) for s in image.scale),
+            translate=tuple(float(t) for t in image.translate),
             name=str(image.name),
             mpp=meta.get("mpp"),
             path=meta.get("path") or (str(src) if src else None),
@@ -176,12 +176,12 @@ def view_region(
     region = _to_numpy(arr[y0:y1:step, x0:x1:step])
     H0, W0 = levels[0].shape[:2]
     ds_y, ds_x = H0 / H, W0 / W
-    sy, sx = inp.scale
+    sy, sx = inp.scale[-2:]
     scale = (sy * ds_y * step, sx * ds_x * step)
     # napari draws pixel k of a level at level-0 data coordinate k * downsample (no
     # half-pixel shift); follow it so that the result overlays what is on screen
-    ty = inp.translate[0] + sy * y0 * ds_y
-    tx = inp.translate[1] + sx * x0 * ds_x
+    ty = inp.translate[-2] + sy * y0 * ds_y
+    tx = inp.translate[-1] + sx * x0 * ds_x
     return region, scale, (ty, tx)
 
 
@@ -296,9 +296,9 @@ def _tag(out: list[LayerDataTuple], inp: ImageInput) -> list[LayerDataTuple]:
 
 def _pixel_mpp(inp: ImageInput, scale) -> float | None:
     """Microns per pixel of the processed pixels (None when the image has no pixel size)."""
-    if not inp.mpp or not inp.scale[0]:
+    if not inp.mpp or not inp.scale[-1]:
         return None
-    return float(inp.mpp) * float(scale[0]) / float(inp.scale[0])
+    return float(inp.mpp) * float(scale[-1]) / float(inp.scale[-1])
 
 
 def _detection_layers(det, source, producer, output, scale, translate):
@@ -519,7 +519,7 @@ def result_layers(res, *, source_name: str | None = None, image: ImageInput | No
     classes = list(res.classes or [])
     name = source_name or Path(str(res.path)).name.split(".")[0]
     if image is not None:
-        S, T = tuple(image.scale), tuple(image.translate)
+        S, T = tuple(image.scale[-2:]), tuple(image.translate[-2:])
     else:
         mpp0 = float(res.mpp) / float(res.scale)  # level-0 microns per pixel
         S, T = (mpp0, mpp0), (0.0, 0.0)

@@ -86,12 +86,12 @@ def class_color(name: str, alpha: float = 1.0) -> np.ndarray:
     return np.array([r / 255, g / 255, b / 255, alpha], dtype=np.float32)
 
 
-def _transform(scale, translate, ndim: int = 2) -> dict:
+def _transform(scale, translate) -> dict:
     kw: dict = {}
     if scale is not None:
-        kw["scale"] = tuple(float(s) for s in scale)[-ndim:]
+        kw["scale"] = tuple(float(s) for s in scale)
     if translate is not None:
-        kw["translate"] = tuple(float(t) for t in translate)[-ndim:]
+        kw["translate"] = tuple(float(t) for t in translate)
     return kw
 
 
@@ -321,6 +321,7 @@ def shapes_layer(
         )
     data, types = [], []
     boxes = bboxes(table) if len(table) else np.zeros((0, 4))
+    zs = table["z"].to_numpy(dtype=np.float64) if "z" in table.columns else None
     for i in order:
         label = int(feats["index"].iloc[i])
         poly = outlines.get(label) if use_outlines else None
@@ -331,7 +332,10 @@ def shapes_layer(
             # table boxes are half-open pixel index ranges; napari puts pixel centres at
             # integer coordinates, so the box edges are half a pixel out
             y0, x0, y1, x1 = boxes[i] - 0.5
-            data.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=np.float64))
+            box = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=np.float64)
+            if zs is not None:  # a stack: the box lies in its object's slice
+                box = np.column_stack([np.full(4, zs[i]), box])
+            data.append(box)
             types.append("rectangle")
     sub = feats.iloc[order].reset_index(drop=True)
     colors = (
