@@ -147,3 +147,23 @@ def test_stack_results_keep_the_z_axis():
     shapes = Layer.create(data, kw, kind)
     assert shapes.ndim == 3 and np.allclose(shapes.scale, [2.0, 0.5, 0.5])
     assert [int(d[0, 0]) for d in shapes.data] == [0, 1, 2]
+
+
+def test_many_instances_still_make_a_drawable_layer():
+    """Label values above 2**16 cannot use a direct colormap without numba: the layer falls
+    back to napari's label colours and says so, instead of failing to draw."""
+    import importlib.util
+
+    from napari.layers import Layer
+
+    n = 70_000
+    t = pd.DataFrame({"label": np.arange(1, n + 1), "class": ["a"] * n, "score": 0.5})
+    labels = np.zeros((8, 8), np.int32)
+    labels[0, 0] = n
+    data, kw, kind = L.instance_labels_layer(labels, t)
+    layer = Layer.create(data, kw, kind)
+    layer.refresh()
+    if importlib.util.find_spec("numba") is None:
+        assert "colormap" not in kw and "numba" in kw["metadata"]["biomedparse"]["note"]
+    else:
+        assert "colormap" in kw

@@ -208,6 +208,17 @@ def _labels_colormap(values_to_class: dict[int, str]) -> dict:
     return cmap
 
 
+def _can_colour_by_class(max_label: int) -> bool:
+    """napari's direct label colormap needs numba for label values above 2**16."""
+    if max_label <= 2**16:
+        return True
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def class_map_layer(
     class_map,
     class_names: Sequence[str],
@@ -259,13 +270,19 @@ def instance_labels_layer(
     kw = {
         "name": f"{source} instances ({producer})",
         "features": feats,
-        "colormap": _labels_colormap(dict(zip(feats["index"], feats["class"].astype(str)))),
         "opacity": 0.6,
         "metadata": {
             "biomedparse": {"producer": producer, "kind": "instances", **(metadata or {})}
         },
         **_transform(scale, translate),
     }
+    if _can_colour_by_class(int(feats["index"].max()) if len(feats) else 0):
+        kw["colormap"] = _labels_colormap(dict(zip(feats["index"], feats["class"].astype(str))))
+    else:
+        kw["metadata"]["biomedparse"]["note"] = (
+            "more than 65,536 objects: instances get napari's label colours (install numba "
+            "for class colours); the class map layer shows the classes."
+        )
     if multiscale:
         kw["multiscale"] = True
     return (labels, kw, "labels")
