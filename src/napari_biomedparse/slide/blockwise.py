@@ -115,7 +115,7 @@ class BlockRecord:
         )
         out = {
             "origin": np.array(self.origin, np.int64),
-            "crop": self.crop,
+            "crop": self.crop.astype(np.uint16) if self.n < 65535 else self.crop,
             "n": np.array(self.n, np.int64),
             "n_cut": np.array(self.n_cut, np.int64),
             "halo": np.array(self.halo, np.int64),
@@ -338,7 +338,9 @@ def paint_block(
             continue
         sub = rec.crop[a - oy : bb - oy, c - ox : d - ox]
         sel = sub > 0
-        out[a - cy0 : bb - cy0, c - cx0 : d - cx0][sel] = sub[sel] + int(offsets[nb])
+        out[a - cy0 : bb - cy0, c - cx0 : d - cx0][sel] = sub[sel].astype(np.int64) + int(
+            offsets[nb]
+        )
     return out
 
 

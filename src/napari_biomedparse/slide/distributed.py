@@ -926,6 +926,12 @@ class FastPredictor:
             )
         p = self.predictor
         cuda = p.device.type == "cuda"
+        n_real = tiles.shape[0]
+        if self.compiled:  # a smaller last batch would trigger a recompilation: pad it
+            self._max_batch = max(getattr(self, "_max_batch", 0), n_real)
+            if n_real < self._max_batch:
+                pad = np.zeros((self._max_batch - n_real, T, T, 3), np.uint8)
+                tiles = np.concatenate([tiles, pad])
         with torch.inference_mode():
             with self._t("h2d"):
                 x = torch.from_numpy(tiles)
@@ -954,7 +960,7 @@ class FastPredictor:
                     (T, T),
                     mode="bilinear",
                     align_corners=False,
-                ).sigmoid_()
+                ).sigmoid_()[:n_real]
             if not as_numpy:
                 return up
             with self._t("d2h"):

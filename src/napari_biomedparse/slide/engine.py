@@ -48,6 +48,7 @@ from .store import (
     partial_path,
     prepare_store,
     read_meta,
+    read_state,
     save_npz_atomic,
     write_meta,
 )
@@ -341,14 +342,31 @@ def _pyramid(group, name: str, dtype, min_size: int = CHUNK) -> int:
             dst = group.create_array(
                 dst_name, shape=(h, w), chunks=(CHUNK, CHUNK), dtype=dtype, fill_value=0
             )
+        half = CHUNK // 2
         for y in range(0, h, CHUNK):
             for x in range(0, w, CHUNK):
-                blk = np.asarray(src[2 * y : 2 * (y + CHUNK), 2 * x : 2 * (x + CHUNK)])
-                sub = blk[::2, ::2]
+                sub = np.zeros((min(CHUNK, h - y), min(CHUNK, w - x)), dtype)
+                for dy in range(0, sub.shape[0], half):  # one source chunk at a time
+                    for dx in range(0, sub.shape[1], half):
+                        sy, sx = 2 * (y + dy), 2 * (x + dx)
+                        blk = np.asarray(src[sy : sy + CHUNK, sx : sx + CHUNK])[::2, ::2]
+                        sub[dy : dy + blk.shape[0], dx : dx + blk.shape[1]] = blk
                 if sub.any():
                     dst[y : y + sub.shape[0], x : x + sub.shape[1]] = sub
         dst.attrs["complete"] = True
         lvl += 1
+        _trim_memory()
+
+
+def _trim_memory() -> None:
+    """Give freed heap memory back to the OS between stages (glibc keeps per-thread arenas
+    of freed buffers, which otherwise shows up as resident memory)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _Progress:
@@ -366,6 +384,7 @@ class _Progress:
 
     def advance(self, size):
         self.base += size
+        _trim_memory()
 
     def check(self):
         if self.cancel is not None and self.cancel.is_set():
@@ -575,7 +594,7 @@ def process_slide(
     batches = [selected[i : i + batch_size] for i in range(0, len(selected), batch_size)]
     _require(group, "tiles/probs", (ny, nx, P, T, T), (1, 1, P, T, T), "uint8")
     state = _require(group, "tiles/state", (ny, nx), (1, 1), "uint8")
-    done_tiles = np.asarray(state[...]).reshape(-1) == 1
+    done_tiles = read_state(state).reshape(-1) == 1
     todo = [b for b in batches if not all(done_tiles[k] for k in b)]
     C = CHUNK
     nby, nbx = -(-H // C), -(-W // C)
@@ -681,23 +700,25 @@ def process_slide(
                 n_cut += int(a["n_cut"])
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         labels_arr = group["labels/0"]
-        cache: dict[int, BlockRecord] = {}
+        # LRU of block records: a 3 x 3 neighbourhood moving along a row needs ~9 of them
+        cache: collections.OrderedDict[int, BlockRecord] = collections.OrderedDict()
         for b in range(n_blocks):
             prog.check()
             cy0, cx0, cy1, cx1 = layout.core(b)
             near = {}
             for nb, (y0, x0, y1, x1) in enumerate(boxes):
                 if counts[nb] and y0 < cy1 and y1 > cy0 and x0 < cx1 and x1 > cx0:
-                    if nb not in cache:
+                    if nb in cache:
+                        cache.move_to_end(nb)
+                    else:
                         with np.load(bdir / f"b_{nb}.npz") as a:
                             cache[nb] = BlockRecord.from_arrays(a)
+                        while len(cache) > 12:
+                            cache.popitem(last=False)
                     near[nb] = cache[nb]
             core = paint_block(layout, b, near, offsets)
             if core.any():
                 labels_arr[cy0:cy1, cx0:cx1] = core
-            # drop cached records no longer needed (blocks far above)
-            for nb in [nb for nb in cache if boxes[nb][2] <= cy0]:
-                cache.pop(nb)
             if progress is not None:
                 progress(prog.base + b + 1, prog.total, f"labels {b + 1}/{n_blocks}")
         prog.advance(n_blocks)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .store import read_state
 from .tiling import TileGrid, blend_weights
 
 __all__ = ["blend_region", "class_map", "blend_chunks"]
@@ -42,7 +43,7 @@ def class_map(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 class TileCache:
     """Reads tiles from ``tiles/probs`` and keeps the most recent ones (bounded)."""
 
-    def __init__(self, probs_arr, state_arr, grid: TileGrid, max_tiles: int = 256):
+    def __init__(self, probs_arr, state_arr, grid: TileGrid, max_tiles: int = 128):
         self.probs = probs_arr
         self.state = state_arr
         self.grid = grid
@@ -52,7 +53,7 @@ class TileCache:
 
     def done_mask(self) -> np.ndarray:
         if self._done is None:
-            self._done = np.asarray(self.state[...]).reshape(-1) == 1
+            self._done = read_state(self.state).reshape(-1) == 1
         return self._done
 
     def get(self, k: int) -> np.ndarray | None:
@@ -118,7 +119,7 @@ def blend_chunks(
     H, W = grid.shape
     nbx = -(-W // C)
     cache = TileCache(group["tiles/probs"], group["tiles/state"], grid)
-    done_state = np.asarray(state[...])
+    done_state = read_state(state)
     written = 0
     for n, cid in enumerate(chunk_ids):
         if cancel is not None and cancel.is_set():

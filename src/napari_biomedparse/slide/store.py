@@ -180,6 +180,15 @@ def finalize_store(out: str | os.PathLike, *, overwrite: bool) -> Path:
     return out
 
 
+def read_state(arr, band: int = 8) -> np.ndarray:
+    """Read a small 2D state array with one chunk per element (``tiles/state``...) a band of
+    rows at a time, so that reading 10^4-10^5 tiny chunks keeps memory bounded."""
+    out = np.zeros(arr.shape, arr.dtype)
+    for r in range(0, arr.shape[0], band):
+        out[r : r + band] = arr[r : r + band]
+    return out
+
+
 def save_npz_atomic(path: Path, **arrays) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
     np.savez_compressed(tmp, **arrays)

@@ -51,27 +51,26 @@ class TissueMask:
 def low_resolution(image: SlideImage, downsample: float) -> tuple[np.ndarray, float]:
     """The slide at about ``downsample`` (level-0 px per px), as numpy ``(h, w, C)`` float32.
 
-    Reads the best pyramid level and averages integer blocks of it, chunk by chunk.
+    Reads the best pyramid level tile by tile (about 1024 x 1024 level pixels at a time) and
+    averages integer blocks of it, so memory is bounded by the output, not the level.
     Returns the array and its actual downsample.
     """
     lv = image.level_for_downsample(downsample)
-    arr = image.levels[lv]
+    H, W, C = image.levels[lv].shape
     d_lv = image.downsamples[lv]
     f = max(1, int(round(downsample / d_lv)))
-    if f > 1:
-        h, w = arr.shape[0] // f * f, arr.shape[1] // f * f
-        if h == 0 or w == 0:
-            f = 1
-        else:
-            arr = arr[:h, :w].astype(np.float32)
-            # chunks must be multiples of f for coarsen
-            cy = max(f, (arr.chunksize[0] // f) * f)
-            cx = max(f, (arr.chunksize[1] // f) * f)
-            arr = arr.rechunk((cy, cx, arr.shape[2]))
-            import dask.array as da
-
-            arr = da.coarsen(np.mean, arr, {0: f, 1: f}, trim_excess=True)
-    out = np.asarray(arr.compute(), dtype=np.float32)
+    if H // f == 0 or W // f == 0:
+        f = 1
+    h, w = H // f, W // f
+    out = np.empty((h, w, C), np.float32)
+    step = max(1, 1024 // f)  # output pixels per read, per side
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        for c0 in range(0, w, step):
+            c1 = min(w, c0 + step)
+            blk = image.read_region(r0 * f, c0 * f, (r1 - r0) * f, (c1 - c0) * f, level=lv)
+            blk = blk.astype(np.float32).reshape(r1 - r0, f, c1 - c0, f, C)
+            out[r0:r1, c0:c1] = blk.mean(axis=(1, 3))
     return out, d_lv * f
 
 
