@@ -192,6 +192,11 @@ class BusyMeter:
         return sum(a.elapsed_time(b) for a, b in self.events) / 1000.0
 
 
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def gpu_bench(args) -> dict:
     from napari_biomedparse.inference.predictor import Predictor
     from napari_biomedparse.slide.distributed import (
@@ -201,9 +206,10 @@ def gpu_bench(args) -> dict:
     )
     from napari_biomedparse.slide.engine import process_slide
 
-    dev = torch.device("cuda")
-    name = torch.cuda.get_device_name(dev)
-    model = build("v1", None)
+    dev = torch.device(args.gpu_device)
+    cuda = dev.type == "cuda"
+    name = torch.cuda.get_device_name(dev) if cuda else f"{dev} (dry run)"
+    model = build(args.gpu_config, args.gpu_input)
     S = model.config.input_size
     prompts = PROMPTS[: args.prompts]
     rng = np.random.default_rng(0)
@@ -213,7 +219,7 @@ def gpu_bench(args) -> dict:
     for dtype, comp in variants:
         pred = Predictor(model, device=dev, dtype=None if dtype == "fp32" else dtype)
         if batch is None:
-            batch = min(32, auto_batch_size(pred, prompts, max_batch=32))
+            batch = min(32, auto_batch_size(pred, prompts, max_batch=32, default=2))
         for kind in ("Predictor", "FastPredictor"):
             if kind == "Predictor":
                 runner, size = pred, S
@@ -224,13 +230,13 @@ def gpu_bench(args) -> dict:
             tiles = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
             t0 = time.perf_counter()
             runner.predict_batch(tiles, prompts)  # warm-up / compilation
-            torch.cuda.synchronize()
+            _sync(dev)
             first = time.perf_counter() - t0
             n = args.gpu_batches
             t0 = time.perf_counter()
             for _ in range(n):
                 runner.predict_batch(tiles, prompts)
-            torch.cuda.synchronize()
+            _sync(dev)
             dt = time.perf_counter() - t0
             out["variants"].append({
                 "variant": dtype + (" + compile" if comp else ""), "path": kind,
@@ -242,13 +248,13 @@ def gpu_bench(args) -> dict:
     # the slide run: fast path, bf16 (compiled when --compile: the model is compiled above)
     pred = Predictor(model, device=dev, dtype="bf16")
     fast = FastPredictor(pred, args.gpu_tile)
-    meter = BusyMeter(fast)
+    meter = BusyMeter(fast) if cuda else fast
     if args.slide:
         src, slide_mpp, what = args.slide, None, Path(args.slide).name
     else:
         src = synthetic_image(args.gpu_slide)
         slide_mpp, what = 0.25, f"{args.gpu_slide} x {args.gpu_slide} px synthetic (in memory)"
-    sampler = _nvml_sampler(dev.index or 0)
+    sampler = _nvml_sampler(dev.index or 0) if cuda else None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         res = process_slide(src, Path(tmp) / "gpu.zarr", model=meter, prompts=prompts,
@@ -258,7 +264,7 @@ def gpu_bench(args) -> dict:
         total = time.perf_counter() - t0
         s = res.summary
         H0, W0 = res.meta["grid"]["level0_shape"]
-    busy = meter.busy_seconds()
+    busy = meter.busy_seconds() if cuda else float("nan")
     util = None
     if sampler is not None:
         samples, stop, th = sampler
@@ -359,6 +365,9 @@ def main(argv=None):
     ap.add_argument("--slide", default=None, help="a real slide for the GPU slide run")
     ap.add_argument("--readers", type=int, default=6, help="tile reader threads (GPU run)")
     ap.add_argument("--profile", action="store_true", help="add the per-tile phase table")
+    ap.add_argument("--gpu-device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run
+    ap.add_argument("--gpu-config", default="v1", help=argparse.SUPPRESS)
+    ap.add_argument("--gpu-input", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
@@ -370,14 +379,15 @@ def main(argv=None):
         blocks["cpu"] = format_cpu(r)
         print(blocks["cpu"], flush=True)
     if a.gpu:
-        if not torch.cuda.is_available():
+        if a.gpu_device.startswith("cuda") and not torch.cuda.is_available():
             raise SystemExit("--gpu: no CUDA device")
         r = gpu_bench(a)
         results["gpu"] = r
         blocks["cuda"] = format_gpu(r)
         print(blocks["cuda"], flush=True)
         if a.profile:
-            p = profile(device="cuda", config="v1", tile_size=a.gpu_tile,
+            p = profile(device=a.gpu_device, config=a.gpu_config, input_size=a.gpu_input,
+                        tile_size=a.gpu_tile,
                         batch_size=results["gpu"]["batch"], n_prompts=a.prompts, n_batches=3,
                         dtype="bf16")  # fmt: skip
             results["profile_cuda"] = p

@@ -353,3 +353,35 @@ def test_cli_scheduler_and_workers(client, model_path, slides, reference, tmp_pa
     assert main([*_cli_args(slides[1], tmp_path / "b", model_path), "--workers", "2"]) == 0
     assert_same(SlideResult.open(tmp_path / "b" / f"{slides[1].name}.biomedparse.zarr"),
                 reference[1])  # fmt: skip
+
+
+def test_fast_predictor_matches_the_predictor(model_path, tmp_path):
+    """The GPU-path wrapper (run here on the CPU): same maps as Predictor.predict_batch when
+    the tile is the model input; close to the reference path when it resizes on the device;
+    usable by the engine as is."""
+    from napari_biomedparse.hub import load_model
+    from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.slide.distributed import FastPredictor, auto_batch_size
+    from napari_biomedparse.slide.engine import _resize_probs
+
+    pred = Predictor(load_model(model_path), device="cpu")
+    rgb = synthetic_slide(3, (128, 128))
+    same = np.stack([rgb[:64, :64], rgb[64:, 64:]])
+    ref = pred.predict_batch(same, PROMPTS)
+    got = FastPredictor(pred, 64).predict_batch(same, PROMPTS)
+    assert got.shape == ref.shape == (2, 2, 64, 64)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # tiles of 128 px resized on the device vs PIL on the CPU + probabilities resized back
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(rgb).resize((64, 64), Image.Resampling.BILINEAR))
+    ref128 = _resize_probs(pred.predict_batch(small[None], PROMPTS), 128)
+    got128 = FastPredictor(pred, 128).predict_batch(rgb[None], PROMPTS)
+    assert got128.shape == (1, 2, 128, 128)
+    assert np.abs(got128 - ref128).mean() < 0.02
+    with pytest.raises(ValueError, match="uint8"):
+        FastPredictor(pred, 128).predict_batch(rgb[None, :64, :64], PROMPTS)
+    assert auto_batch_size(pred, PROMPTS, default=3) == 3  # no CUDA: the default
+    res = process_slide(synthetic_slide(5, (256, 256)), tmp_path / "f.zarr",
+                        model=FastPredictor(pred, 64), **RUN)  # fmt: skip
+    assert res.params["input_size"] == 64 and res.summary["tiles_processed"] > 0
