@@ -123,7 +123,7 @@ class FinetuneWidget(Container):
     def __init__(self, napari_viewer=None):
         self.viewer = napari_viewer
         self.image = ImageLayerChoice(napari_viewer, label="image")
-        self.labels = ComboBox(choices=self._labels_names, label="labels")
+        self.labels_layer = ComboBox(choices=self._labels_names, label="labels")
         self.prompts = LineEdit(value="1: nuclei", label="label: prompt")
         self.prompts.tooltip = (
             "The prompt of each label value, e.g. '1: connective tissue cells, "
@@ -150,7 +150,7 @@ class FinetuneWidget(Container):
         super().__init__(
             widgets=[
                 self.image,
-                self.labels,
+                self.labels_layer,
                 self.prompts,
                 self.modality,
                 self.start_from,
@@ -182,7 +182,7 @@ class FinetuneWidget(Container):
 
     def _refresh_labels(self, *_):
         try:
-            self.labels.reset_choices()
+            self.labels_layer.reset_choices()
         except RuntimeError:  # widget already deleted
             pass
 
@@ -204,7 +204,7 @@ class FinetuneWidget(Container):
         img_layer = self.image.layer
         if img_layer is None:
             raise ValueError("choose an Image layer to train on")
-        name = self.labels.value
+        name = self.labels_layer.value
         if name is None or name not in self.viewer.layers:
             raise ValueError("choose a Labels layer with your annotations (add one and paint)")
         lab_layer = self.viewer.layers[name]
@@ -236,9 +236,10 @@ class FinetuneWidget(Container):
             mapping = parse_prompt_mapping(text)
             values = {int(v) for v in np.unique(labels)} - {0}
             missing = sorted(values - set(mapping))
-            if missing and len(mapping) > 1:
+            if missing:
                 raise ValueError(
-                    f"label values {missing} have no prompt; add e.g. '{missing[0]}: <prompt>'"
+                    f"label values {missing} have no prompt; add e.g. '{missing[0]}: <prompt>', "
+                    "or give one prompt without a value (e.g. 'nuclei') for instance labels"
                 )
         out = Path(str(self.output.value)).expanduser()
         if out.suffix != ".safetensors":

@@ -212,9 +212,9 @@ def from_arrays(
 
     Args:
         image: (H, W) grey, (H, W, 3) RGB, any dtype (converted with :func:`to_rgb_uint8`).
-        labels: (H, W) int. A class map (values are keys of ``prompts``) or, with
-            ``labels_are_instances=True`` or when ``prompts`` holds a single prompt and the
-            labels have other values, instance labels of that one prompt.
+        labels: (H, W) int. A class map (values are keys of ``prompts``; every non-zero
+            value needs a prompt) or, with ``labels_are_instances=True`` or when ``prompts`` is
+            a single prompt without a value (e.g. "nuclei"), instance labels of that prompt.
         prompts: ``{value: prompt}`` or text ``"1: nuclei, 2: ..."``, or a single prompt string
             without a value (then every non-zero label is that prompt).
     """
@@ -229,9 +229,6 @@ def from_arrays(
         labels_are_instances = True
     else:
         mapping = parse_prompt_mapping(prompts)
-    values = {int(v) for v in np.unique(lab)} - {0}
-    if len(mapping) == 1 and not values <= set(mapping):
-        labels_are_instances = True
     if labels_are_instances:
         if len(mapping) != 1:
             raise ValueError("instance labels need exactly one prompt (e.g. '1: nuclei').")
