@@ -3,8 +3,10 @@
 
 The one documented command (see docs/model-card.md)::
 
-    python scripts/train_default_model.py --device cpu --steps 4000 \
+    python scripts/train_default_model.py --device cuda --steps 1875 --batch-size 32 \
         --out src/napari_biomedparse/model/weights/default.safetensors --seed 0
+
+(``--device cpu`` runs the same recipe on the CPU, much slower; see docs/model-card.md).
 
 Data: the H&E crop ``hgsc_nest`` (three nucleus classes) and the stardist fluorescence image
 (nuclei), from their places in the repository; the bottom-right quarter of each image is held
@@ -30,12 +32,12 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=1875)
     p.add_argument(
         "--out", default=str(ROOT / "src/napari_biomedparse/model/weights/default.safetensors")
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=0, help="tile-making threads (0: none)")
     p.add_argument("--processes", action="store_true", help="make tiles in worker processes")
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=0.05,
-        warmup=min(200, max(args.steps // 10, 1)),
+        warmup=min(200, max(args.steps // 5, 1)),
         freeze=None,
         device=args.device,
         seed=args.seed,
