@@ -53,8 +53,11 @@ def _wait(app, widget, timeout=900):
 
 
 def _save(viewer, app, name: str, colors: int = 128):
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
     from PIL import Image
 
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()  # e.g. napari's PyQt5 deprecation notice
     for _ in range(10):
         app.processEvents()
         time.sleep(0.05)
@@ -104,6 +107,7 @@ def main(argv=None):
     seg.start()
     _wait(app, seg)
     viewer.reset_view()
+    viewer.camera.zoom *= 1.6  # closer, so that outlines and class text are readable
     _save(viewer, app, "segment")
 
     # 2. Recognize all on the same field
@@ -115,9 +119,15 @@ def main(argv=None):
     _wait(app, rec)
     viewer.layers.selection.active = viewer.layers["hgsc_nest instances (recognize)"]
     _save(viewer, app, "recognize")
+    # the instances' features in napari's features table
+    viewer.window.remove_dock_widget(dock)
+    dock, _table = viewer.window.add_plugin_dock_widget("napari", "Features table widget")
+    viewer.layers.selection.active = viewer.layers["hgsc_nest instances (recognize)"]
+    _save(viewer, app, "features")
+    viewer.window.remove_dock_widget(dock)
+    dock = None
 
     # 3. Model widget
-    viewer.window.remove_dock_widget(dock)
     dock, mw = viewer.window.add_plugin_dock_widget(name, "Model")
     _save(viewer, app, "model")
     viewer.window.remove_dock_widget(dock)
@@ -129,12 +139,12 @@ def main(argv=None):
     viewer.reset_view()
     _save(viewer, app, "reader")
     dock, sw = viewer.window.add_plugin_dock_widget(name, "Slide processing")
-    sw.mpp.value = 1.0
+    sw.mpp.value = 0.5
     sw.output_folder.value = tempfile.mkdtemp()
     sw.start()
     _wait(app, sw)
-    viewer.camera.center = (700.0, 500.0)
-    viewer.camera.zoom = viewer.camera.zoom * 3
+    viewer.camera.center = (1000.0, 560.0)
+    viewer.camera.zoom = viewer.camera.zoom * 4
     _save(viewer, app, "slide")
     viewer.close()
 

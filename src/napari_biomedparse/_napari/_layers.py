@@ -29,7 +29,7 @@ MAX_SHAPES = 5000
 #: Outlines are drawn up to this many objects; beyond, boxes (4 vertices each) are drawn.
 MAX_OUTLINES = 2000
 #: Class text is shown up to this many shapes (it can be switched on in the layer controls).
-MAX_TEXT = 300
+MAX_TEXT = 100
 #: Vertices kept per outline (polygons are subsampled evenly to at most this many).
 MAX_VERTICES = 32
 
