@@ -31,7 +31,7 @@ def test_manifest_validates():
     ids = {c.id for c in mf.contributions.commands}
     assert "napari-biomedparse.finetune_widget" in ids
     out = subprocess.run(
-        [sys.executable, "-m", "npe2", "validate", "napari-biomedparse"],
+        [sys.executable, "-m", "npe2", "validate", "napari-biomedparse", "--imports"],
         capture_output=True,
         text=True,
         timeout=120,
