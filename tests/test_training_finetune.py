@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 
@@ -18,13 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = {1: "connective tissue cells", 2: "inflammatory cells", 3: "neoplastic cells"}
 
 
-def _crop(y: int, x: int, size: int = 128) -> AnnotatedImage:
-    """A real annotated H&E crop from the training part of hgsc_nest (top-left quarter)."""
+@functools.lru_cache(maxsize=1)
+def _hgsc():
     from skimage import io
 
     img = io.imread(ROOT / "src/napari_biomedparse/data/hgsc_nest.jpg")
     typ = np.load(ROOT / "tests/data/hgsc_nest_type_mask.npz")["nuc_raster"]
     inst = np.load(ROOT / "tests/data/hgsc_nest_inst_mask.npz")["nuc_raster"]
+    return img, typ, inst
+
+
+def _crop(y: int, x: int, size: int = 128) -> AnnotatedImage:
+    """A real annotated H&E crop of hgsc_nest."""
+    img, typ, inst = _hgsc()
     sl = (slice(y, y + size), slice(x, x + size))
     return AnnotatedImage(img[sl], typ[sl], dict(PROMPTS), instances=inst[sl], name="crop")
 
@@ -206,3 +213,25 @@ def test_cli_finetune_from_folder(tmp_path, capsys):
         )
         == 1
     )
+
+
+def test_cpu_training_is_deterministic_given_the_seed():
+    def run(workers):
+        m = _tiny_model(seed=1)
+        finetune(
+            m,
+            [_crop(300, 300, 160)],
+            steps=2,
+            batch_size=2,
+            tile_size=128,
+            lr=1e-3,
+            freeze=None,
+            device="cpu",
+            seed=5,
+            existence_tiles=0,
+            workers=workers,
+        )
+        return m.state_dict()
+
+    a, b = run(0), run(2)  # tiles made in threads are the same tiles
+    assert all(torch.equal(a[k], b[k]) for k in a)
