@@ -199,3 +199,30 @@ def test_slide_cancel_mid_run_leaves_viewer_unchanged(
     assert Path(str(out) + ".partial").exists()  # finished tiles kept for a resume
     tiles = [(d, t) for d, t, m in seen if "tile" in m.lower()]
     assert tiles and tiles[-1][0] < tiles[-1][1]
+
+
+def test_slide_layers_on_an_in_memory_image_in_microns(bundled_predictor, tmp_path):
+    """Without a viewer: an array (or layer) with a scale in microns goes through the slide
+    engine, and the results carry the same transform and units."""
+    from napari.layers import Image, Layer
+    from skimage.io import imread
+
+    from napari_biomedparse._napari import slide_layers
+
+    rgb = imread(SAMPLES / "hgsc_nest.jpg")[:512, :512]
+    layer = Image(rgb, name="crop", scale=(0.25, 0.25), translate=(5.0, 7.0), units="um")
+    out = slide_layers(
+        layer, tmp_path / "crop.biomedparse.zarr", modality="pathology", model=bundled_predictor
+    )
+    kinds = [kind for _, _, kind in out]
+    assert kinds[:2] == ["labels", "labels"]
+    labels = Layer.create(*out[0])
+    assert labels.name == "crop instances (slide)"
+    # processed at 0.5 um/px = 2 image pixels per output pixel, centred on them
+    np.testing.assert_allclose(labels.scale, [0.5, 0.5])
+    np.testing.assert_allclose(labels.translate, [5.0 + 0.125, 7.0 + 0.125])
+    assert str(labels.units[0]) == "micrometer"
+    lo, hi = np.asarray(labels.extent.world)
+    ilo, ihi = np.asarray(layer.extent.world)[:, :2]
+    np.testing.assert_allclose(lo, ilo, atol=0.5)
+    np.testing.assert_allclose(hi, ihi, atol=0.5)

@@ -473,6 +473,13 @@ def slide_layers(
         "progress": progress,
         "cancel": cancel,
     }
+    if inp is not None and not inp.path:
+        # an in-memory image: its pixel size comes from the layer (metadata, or a scale in
+        # microns), since there is no file to read it from
+        slide_mpp = inp.mpp
+        if slide_mpp is None and inp.units and "micro" in str(inp.units[-1]):
+            slide_mpp = float(inp.scale[-1])
+        kwargs["slide_mpp"] = slide_mpp
     kwargs["model"] = model if model is not None else _current_model_or_default()
     res = process_slide(source, out, **{k: v for k, v in kwargs.items() if v is not None})
     check_cancel(cancel)
