@@ -29,10 +29,6 @@ NAME = "napari-biomedparse-default"
 HOLDOUT_REGION = "bottom-right"
 PATHOLOGY_PROMPTS = {1: "connective tissue cells", 2: "inflammatory cells", 3: "neoplastic cells"}
 FLUORESCENCE_PROMPTS = {1: "nuclei"}
-VOCABULARY = {
-    "pathology": ["neoplastic cells", "inflammatory cells", "connective tissue cells"],
-    "fluorescence": ["nuclei"],
-}
 #: Assumed pixel size of the pathology training data (microns per pixel).
 PATHOLOGY_MPP = 0.5
 #: Share of training tiles drawn from the fluorescence image.
