@@ -110,7 +110,9 @@ def reference(model_path, slides, tmp_path_factory):
     try:
         d = tmp_path_factory.mktemp("ref")
         return [
-            process_slide(s, d / f"{s.name}.zarr", model=str(model_path), device="cpu", **RUN)
+            process_slide(
+                s, d / f"{s.name}.zarr", model=str(model_path), device="cpu", keep_tiles=True, **RUN
+            )
             for s in slides
         ]
     finally:

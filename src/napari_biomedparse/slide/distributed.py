@@ -34,7 +34,7 @@ scheduler (and a task that still fails is resubmitted up to ``retries`` times).
 Progress: workers send ``(task, tiles done)`` events (``Worker.log_event``); the caller's
 thread turns them into ``progress(done, total, message)`` calls (never from another thread,
 so a GUI caller can update widgets). Cancel: the caller's ``cancel`` event is mirrored into a
-cluster-wide ``distributed.Event`` that running tasks poll between batches.
+flag file on the shared file system that running tasks check between batches.
 
 Fast single-GPU path (wrappers around the model engineer's ``Predictor``):
 :func:`compile_predictor` (``torch.compile`` of the image encoder), :func:`auto_batch_size`
@@ -396,31 +396,23 @@ def _open_on_worker(ref):
     return ref
 
 
-class _ClusterCancel:
-    """``is_set()`` backed by a cluster-wide ``distributed.Event`` (polled at most 4x/s)."""
+class _CancelFlag:
+    """A cancel flag every worker can see: a file on the shared file system (the store or
+    the output folder, which every worker sees anyway). ``set()`` creates it, ``is_set()``
+    is one ``stat`` (no scheduler round trip, no client on the workers)."""
 
-    def __init__(self, name: str):
-        self.name = name
-        self._ev = None
-        self._last = 0.0
-        self._set = False
+    def __init__(self, path):
+        self.path = str(path)
+
+    def set(self) -> None:
+        Path(self.path).touch()
 
     def is_set(self) -> bool:
-        if self._set:
-            return True
-        now = time.monotonic()
-        if now - self._last < 0.25:
-            return False
-        self._last = now
-        try:
-            from distributed import Event
+        return os.path.exists(self.path)
 
-            if self._ev is None:
-                self._ev = Event(self.name)
-            self._set = bool(self._ev.is_set())
-        except Exception:  # noqa: BLE001 - no scheduler: never cancelled
-            return False
-        return self._set
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
 
 
 def _log(topic: str, msg: dict) -> None:
@@ -460,7 +452,7 @@ def _tiles_task(store, image_ref, grid, batches, prompts, spec, opts, topic, tas
         intensity_range=opts["intensity_range"],
         readers=opts["readers"],
         progress=progress,
-        cancel=_ClusterCancel(cancel),
+        cancel=_CancelFlag(cancel),
     )
     return skipped + n
 
@@ -476,7 +468,7 @@ def _slide_task(source_ref, dest, spec, kwargs, topic, index, cancel):
         _log(topic, {"task": index, "done": int(done), "total": int(total), "msg": message})
 
     res = process_slide(
-        source, dest, model=predictor, progress=progress, cancel=_ClusterCancel(cancel), **kwargs
+        source, dest, model=predictor, progress=progress, cancel=_CancelFlag(cancel), **kwargs
     )
     return str(res.path)
 
@@ -562,7 +554,10 @@ def _run_futures(client, make, items, *, events, on_event, on_done, cancel, canc
                     on_done(i, f.result())
                     f.release()
                     continue
-                exc = f.exception()
+                try:
+                    exc = f.exception()
+                except BaseException as e:  # noqa: BLE001 - a cancelled future raises
+                    exc = e
                 if isinstance(exc, RunCancelled) or type(exc).__name__ == "RunCancelled":
                     raise RunCancelled("cancelled")
                 if tries[i] < retries and _retryable(exc):
@@ -582,10 +577,16 @@ def _run_futures(client, make, items, *, events, on_event, on_done, cancel, canc
 
 
 def _retryable(exc) -> bool:
+    """Lost workers and connections, not errors of the work itself (bad file, existing
+    result...), which would fail the same way again."""
     name = type(exc).__name__
-    return name in ("KilledWorker", "CommClosedError", "FutureCancelledError") or isinstance(
-        exc, (OSError, ConnectionError, TimeoutError)
-    )
+    return name in (
+        "KilledWorker",
+        "CommClosedError",
+        "FutureCancelledError",
+        "CancelledError",
+        "StreamClosedError",
+    ) or isinstance(exc, ConnectionError)
 
 
 def run_tiles_distributed(
@@ -628,10 +629,11 @@ def run_tiles_distributed(
     sizes = [sum(len(b) for b in g) for g in groups]
     total = sum(sizes)
     run = uuid.uuid4().hex[:12]
-    topic, cancel_name = f"nbp-progress-{run}", f"nbp-cancel-{run}"
-    from distributed import Event
-
-    cancel_ev = Event(cancel_name, client=client)
+    for stale in store.glob(".cancel-*"):  # flags of earlier cancelled runs of this store
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    topic, cancel_name = f"nbp-progress-{run}", str(store / f".cancel-{run}")
+    cancel_ev = _CancelFlag(cancel_name)
     events = _Events(client, topic)
     done = [0] * len(groups)
     last = [-1]
@@ -682,6 +684,8 @@ def run_tiles_distributed(
         )
     finally:
         events.close()
+        if not (cancel is not None and cancel.is_set()):
+            cancel_ev.clear()
     if errors:
         i, exc = next(iter(errors.items()))
         raise RuntimeError(
@@ -776,10 +780,9 @@ def process_slides_distributed(
             refs.append(str(p))
     _check_visible(client, out_dir.resolve(), "the output folder")
     run = uuid.uuid4().hex[:12]
-    topic, cancel_name = f"nbp-progress-{run}", f"nbp-cancel-{run}"
-    from distributed import Event
-
-    cancel_ev = Event(cancel_name, client=client)
+    topic = f"nbp-progress-{run}"
+    cancel_name = str(out_dir.resolve() / f".nbp-cancel-{run}")
+    cancel_ev = _CancelFlag(cancel_name)
     events = _Events(client, topic)
     frac = [0.0] * n
     last = [-1]
@@ -828,6 +831,8 @@ def process_slides_distributed(
         )
     finally:
         events.close()
+        if not (cancel is not None and cancel.is_set()):
+            cancel_ev.clear()
     for i, exc in sorted(errors.items()):
         if on_error != "continue":
             raise exc
