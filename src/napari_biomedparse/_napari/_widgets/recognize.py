@@ -88,6 +88,10 @@ class RecognizeWidget(Container):
         self.targets.value = text if len(text) < 120 else text[:117] + "..."
         self.targets.tooltip = ", ".join(voc)
 
+    def _show(self, layer_data, policy):
+        add_result_layers(self.viewer, layer_data, policy)
+        self._site_changed()  # the model is loaded now: offer its vocabulary
+
     def _sync(self, *_):
         self.scope.visible = is_large(self.image.layer)
 
@@ -102,7 +106,7 @@ class RecognizeWidget(Container):
             out = Path(default_output_folder()) / f"{layer.name}.recognize.biomedparse.zarr"
             return self.run.start(
                 F.slide_layers,
-                on_result=lambda r: add_result_layers(self.viewer, r, policy),
+                on_result=lambda r: self._show(r, policy),
                 description="Recognize all (whole image)",
                 image=F.as_image_input(layer),
                 out=str(out),
@@ -120,7 +124,7 @@ class RecognizeWidget(Container):
                 return None
         return self.run.start(
             F.recognize_layer,
-            on_result=lambda r: add_result_layers(self.viewer, r, policy),
+            on_result=lambda r: self._show(r, policy),
             description="Recognize all",
             image=F.as_image_input(layer),
             modality=self.modality.value,

@@ -135,6 +135,10 @@ class SegmentWidget(Container):
             current.append(target)
         self.prompts.value = ", ".join(current)
 
+    def _show(self, layer_data, policy):
+        add_result_layers(self.viewer, layer_data, policy)
+        self._site_changed()  # the model is loaded now: offer its vocabulary
+
     def _sync(self, *_):
         self.p_threshold.enabled = bool(self.existence_test.value)
         self.scope.visible = is_large(self.image.layer)
@@ -159,7 +163,7 @@ class SegmentWidget(Container):
             out = Path(default_output_folder()) / f"{layer.name}.segment.biomedparse.zarr"
             return self.run.start(
                 F.slide_layers,
-                on_result=lambda r: add_result_layers(self.viewer, r, policy),
+                on_result=lambda r: self._show(r, policy),
                 description="Segment (whole image)",
                 image=F.as_image_input(layer),
                 out=str(out),
@@ -178,7 +182,7 @@ class SegmentWidget(Container):
                 return None
         return self.run.start(
             F.segment_layer,
-            on_result=lambda r: add_result_layers(self.viewer, r, policy),
+            on_result=lambda r: self._show(r, policy),
             description="Segment",
             image=F.as_image_input(layer),
             prompts=prompts,
