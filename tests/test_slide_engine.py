@@ -339,3 +339,23 @@ def test_split_instances_separate_touching_nuclei(tmp_path):
     a, b = np.asarray(split.labels[0]), np.asarray(comp.labels[0])
     for lab in np.unique(a[a > 0]):
         assert len(np.unique(b[a == lab])) == 1
+
+
+def test_native_resolution_modality_and_probabilities_only(tmp_path):
+    import tifffile
+
+    fluo = tifffile.imread(ROOT / "src/napari_biomedparse/data/stardist_img2d.tif")  # uint16
+    assert fluo.dtype == np.uint16 and fluo.ndim == 2
+    res = process_slide(
+        fluo,
+        tmp_path / "f.zarr",
+        model=StainPredictor(256),
+        prompts=["nuclei"],
+        modality="fluorescence",
+        recognize=False,
+    )
+    assert res.params["mpp"] == 1.0 and res.scale == 1.0  # own resolution, no pixel size
+    assert "no pixel size" in res.summary["notes"][0]
+    assert res.probs.shape == (1, 512, 512)
+    assert res.labels == [] and len(res.table) == 0
+    assert res.summary["tiles_processed"] >= 1

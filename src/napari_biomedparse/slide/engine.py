@@ -22,6 +22,7 @@ an uninterrupted one and writes identical bytes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -438,7 +439,8 @@ def process_slide(
         also make the class map, instances, table and outlines (else probabilities only).
     mpp, tile_size, overlap
         target um/px and tile edge / overlap in pixels at that resolution; defaults per
-        modality (pathology: 0.5 um/px, 256 px, 32 px). Each tile is resized to the model's
+        modality (pathology: 0.5 um/px, 256 px, 32 px; fluorescence and others: the image's
+        own resolution, which then needs no pixel size). Each tile is resized to the model's
         input size.
     batch_size
         tiles per model call (default 4 on CPU, 16 on CUDA).
@@ -457,7 +459,7 @@ def process_slide(
         level-0 um/px of the slide when the file has none (or to override it).
     instances
         "split" (touching nuclei separated with ``inference.instances.split_instances`` at a
-        fixed radius of 3 um) or "components" (8-connected components of each class).
+        fixed radius of 3.5 um) or "components" (8-connected components of each class).
     min_area_um2
         objects smaller than this are dropped.
     readers
@@ -473,26 +475,35 @@ def process_slide(
     t_start = time.perf_counter()
     out = Path(out)
     if isinstance(source, SlideImage):
-        image = source
+        image = dataclasses.replace(source)  # never change the caller's object
         if slide_mpp is not None:
             image.mpp = float(slide_mpp)
     else:
         image = open_image(source, mpp=slide_mpp)
+    d = defaults_for(modality)
+    notes: list[str] = []
+    native = mpp is None and d["mpp"] is None
+    physical = image.mpp is not None
+    if image.mpp is None and native:
+        # a modality processed at its own resolution needs no physical pixel size
+        image.mpp = 1.0
+        notes.append(
+            "the image has no pixel size; processed at its own resolution "
+            "(areas in um^2 assume 1 um/px)"
+        )
     if image.mpp is None:
         raise ValueError(
             f"{image.path or 'the image'} has no pixel size (microns per pixel) in its "
             "metadata. Give it: process_slide(..., slide_mpp=0.25) or on the command line "
             "--slide-mpp 0.25."
         )
-    d = defaults_for(modality)
-    target_mpp = float(mpp if mpp is not None else d["mpp"])
+    target_mpp = float(image.mpp if native else (mpp if mpp is not None else d["mpp"]))
     if not (target_mpp > 0):
         raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
     T = int(tile_size if tile_size is not None else d["tile_size"])
     O_ = int(overlap if overlap is not None else d["overlap"])
     grid = TileGrid(image.shape, float(image.mpp), target_mpp, T, O_)
     H, W = grid.shape
-    notes: list[str] = []
     if H < T and W < T:
         msg = (
             f"the slide ({H} x {W} px at {target_mpp:g} um/px) is smaller than one tile "
@@ -667,7 +678,8 @@ def process_slide(
         max_halo = max(halo, int(round(MAX_HALO_UM / target_mpp)))
         labeller = components
         if instances == "split":
-            labeller = _split_labeller(3.0 / target_mpp)
+            # nuclei radius ~3.5 um; without a physical pixel size split_instances estimates it
+            labeller = _split_labeller(3.5 / target_mpp if physical else None)
         bdir = partial_path(out) / "blocks"
         bdir.mkdir(exist_ok=True)
         classes_arr, probs_arr = group["classes/0"], group["probs/0"]

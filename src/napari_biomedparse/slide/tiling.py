@@ -24,18 +24,22 @@ from .readers import SlideImage
 
 __all__ = ["TileGrid", "DEFAULTS", "blend_weights", "read_tile", "to_rgb_uint8"]
 
-# Per-modality defaults: target um/px, tile edge and overlap in output pixels.
-# Pathology: 0.5 um/px (20x) with 256 px tiles (128 um field of view, 4-10 nuclei across),
-# see docs/benchmarks.md (slide section) for the sweep behind the choice.
-DEFAULTS: dict[str, dict[str, float]] = {
+# Per-modality defaults: target um/px (None = the slide's own resolution, no resampling),
+# tile edge and overlap in output pixels. Pathology: 0.5 um/px (20x), the scale the bundled
+# model was trained at, with 256 px tiles (128 um field of view) = its input size; see the
+# sweep of pixel size and tile size in docs/benchmarks.md (slide section). Fluorescence and
+# other modalities have no standard scale: they run at the image's own resolution.
+DEFAULTS: dict[str, dict] = {
     "pathology": {"mpp": 0.5, "tile_size": 256, "overlap": 32},
-    "microscopy": {"mpp": 0.5, "tile_size": 256, "overlap": 32},
-    "default": {"mpp": 1.0, "tile_size": 512, "overlap": 64},
+    "brightfield": {"mpp": 0.5, "tile_size": 256, "overlap": 32},
+    "fluorescence": {"mpp": None, "tile_size": 256, "overlap": 32},
+    "default": {"mpp": None, "tile_size": 512, "overlap": 64},
 }
 
 
-def defaults_for(modality: str | None) -> dict[str, float]:
-    key = (modality or "default").lower()
+def defaults_for(modality: str | None) -> dict:
+    """Default ``mpp`` (None = native), ``tile_size`` and ``overlap`` for a modality."""
+    key = str(modality or "default").lower().replace("_", "-").replace(" ", "-")
     for k in DEFAULTS:
         if key.startswith(k):
             return dict(DEFAULTS[k])
