@@ -72,7 +72,8 @@ def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plug
     assert "he neoplastic cells instances (segment)" in names
     assert "he my free text target instances (segment)" in names
     shapes = [lay for lay in viewer.layers if lay._type_string == "shapes"]
-    assert len(shapes) == 1 and shapes[0].name.startswith("he ")
+    assert len(shapes) == 1 and shapes[0].name == "he boxes (segment)"  # default: boxes
+    assert set(shapes[0].shape_type) <= {"rectangle"}
     inst = viewer.layers["he neoplastic cells instances (segment)"]
     _check_instances(inst)
     assert set(inst.features["class"].astype(str)) <= {"neoplastic cells"}
@@ -136,6 +137,9 @@ def test_recognize_all(make_napari_viewer, qtbot, plugin_model, he_crop):
     assert w.run.last_outcome == "ok", w.run.last_error
     inst = viewer.layers["he instances (recognize)"]
     classes = viewer.layers["he classes (recognize)"]
+    outlines = viewer.layers["he outlines (recognize)"]  # default: outlines
+    assert len(outlines.data) == len(inst.features) and set(outlines.shape_type) == {"polygon"}
+    assert list(outlines.text.values[:3]) == list(outlines.features["class"].astype(str)[:3])
     _check_instances(inst)
     assert set(classes.features["class"]) >= {"neoplastic cells", "inflammatory cells"}
     assert "p_value" in classes.features.columns

@@ -227,6 +227,7 @@ def segment_layer(
     existence_test: bool = True,
     p_threshold: float = 0.05,
     output: str = "instances",
+    shapes: str = "boxes",
     model=None,
     name: str | None = None,
     level: int | None = None,
@@ -236,10 +237,12 @@ def segment_layer(
 ) -> list[LayerDataTuple]:
     """Segment ``image`` with text prompts; return layer data tuples.
 
-    ``output``: ``"probabilities"`` (one Image per prompt), ``"masks"`` (a Labels class map,
-    one class per prompt; prompts failing the existence test are left empty) or
-    ``"instances"`` (Labels of instances with features, the class map, and Shapes of the
-    outlines or boxes with the class as text). ``region`` = ``(pixels, scale, translate)``
+    ``output``: ``"probabilities"`` (one Image per prompt), ``"masks"`` (a Labels mask per
+    prompt, with its p-value and presence in ``features``; a prompt failing the existence test
+    gives an empty mask) or
+    ``"instances"`` (per prompt, Labels of instances with features; and one Shapes layer of
+    every instance with the class as text: ``shapes`` = ``"boxes"``, ``"outlines"`` or
+    ``"none"``). ``region`` = ``(pixels, scale, translate)``
     overrides the image (the widget's "current view").
     """
     if isinstance(prompts, str):
@@ -276,7 +279,7 @@ def segment_layer(
             mpp=_pixel_mpp(inp, scale),
         )
         check_cancel(cancel)
-        out = _detection_layers(det, inp.name, producer, output, scale, translate)
+        out = _detection_layers(det, inp.name, producer, output, scale, translate, shapes)
     _report(progress, total, total, "done")
     return _tag(out, inp)
 
@@ -301,7 +304,7 @@ def _pixel_mpp(inp: ImageInput, scale) -> float | None:
     return float(inp.mpp) * float(scale[-1]) / float(inp.scale[-1])
 
 
-def _detection_layers(det, source, producer, output, scale, translate):
+def _detection_layers(det, source, producer, output, scale, translate, shapes="boxes"):
     """Layers of a :class:`~napari_biomedparse.inference.results.Detection`: per prompt a
     mask (Labels, value 1) or its instances (Labels with features), plus one Shapes layer of
     every instance's outline with its class."""
@@ -343,16 +346,16 @@ def _detection_layers(det, source, producer, output, scale, translate):
             )
             kw["name"] = f"{source} {prompt} instances ({producer})"
             out.append((data, kw, kind))
-    if output == "instances":
-        shapes, _note = _layers.shapes_layer(
+    if output == "instances" and shapes != "none":
+        layer, _note = _layers.shapes_layer(
             det.table,
-            outlines=det.outlines(),
+            outlines=det.outlines() if shapes == "outlines" else None,
             source=source,
             producer=producer,
             scale=scale,
             translate=translate,
         )
-        out.append(shapes)
+        out.append(layer)
     return out
 
 
@@ -365,6 +368,7 @@ def recognize_layer(
     modality: str = "pathology",
     site: str | None = None,
     p_threshold: float = 0.05,
+    shapes: str = "outlines",
     model=None,
     name: str | None = None,
     level: int | None = None,
@@ -391,12 +395,12 @@ def recognize_layer(
         mpp=_pixel_mpp(inp, scale),
     )
     check_cancel(cancel)
-    out = _recognition_layers(rec, inp.name, "recognize", scale, translate)
+    out = _recognition_layers(rec, inp.name, "recognize", scale, translate, shapes)
     _report(progress, total, total, "done")
     return _tag(out, inp)
 
 
-def _recognition_layers(rec, source, producer, scale, translate):
+def _recognition_layers(rec, source, producer, scale, translate, shapes="outlines"):
     import pandas as pd
 
     labels = np.asarray(rec.labels)
@@ -409,15 +413,7 @@ def _recognition_layers(rec, source, producer, scale, translate):
             "count": [int(rec.counts().get(n, 0)) for n in names],
         }
     )
-    shapes, _note = _layers.shapes_layer(
-        rec.table,
-        outlines=rec.outlines(),
-        source=source,
-        producer=producer,
-        scale=scale,
-        translate=translate,
-    )
-    return [
+    out = [
         _layers.instance_labels_layer(
             labels, rec.table, source=source, producer=producer, scale=scale, translate=translate
         ),
@@ -430,8 +426,18 @@ def _recognition_layers(rec, source, producer, scale, translate):
             scale=scale,
             translate=translate,
         ),
-        shapes,
     ]
+    if shapes != "none":
+        layer, _note = _layers.shapes_layer(
+            rec.table,
+            outlines=rec.outlines() if shapes == "outlines" else None,
+            source=source,
+            producer=producer,
+            scale=scale,
+            translate=translate,
+        )
+        out.append(layer)
+    return out
 
 
 # --------------------------------------------------------------------------- slides

@@ -43,6 +43,10 @@ class RecognizeWidget(Container):
         self.scope = RadioButtons(
             choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False
         )
+        self.shapes = ComboBox(
+            choices=["boxes", "outlines", "none"], value="outlines", label="shapes"
+        )
+        self.shapes.tooltip = "Shapes layer of the objects, with the class as text."
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier results")
         self.run = RunControls("Recognize all")
         super().__init__(
@@ -52,6 +56,7 @@ class RecognizeWidget(Container):
                 self.site,
                 self.targets,
                 self.p_threshold,
+                self.shapes,
                 self.scope,
                 self.on_rerun,
                 self.run,
@@ -61,6 +66,7 @@ class RecognizeWidget(Container):
             "modality": self.modality,
             "p_threshold": self.p_threshold,
             "scope": self.scope,
+            "shapes": self.shapes,
             "on_rerun": self.on_rerun,
         }
         self.max_width = 440  # long paths must not squeeze the canvas
@@ -130,5 +136,6 @@ class RecognizeWidget(Container):
             modality=self.modality.value,
             site=site,
             p_threshold=float(self.p_threshold.value),
+            shapes=self.shapes.value,
             region=region,
         )

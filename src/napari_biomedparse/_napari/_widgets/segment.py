@@ -65,6 +65,8 @@ class SegmentWidget(Container):
         self.scope = RadioButtons(
             choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False
         )
+        self.shapes = ComboBox(choices=["boxes", "outlines", "none"], value="boxes", label="shapes")
+        self.shapes.tooltip = "Shapes layer of the objects, with the class as text."
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier results")
         self.run = RunControls("Segment")
         super().__init__(
@@ -79,6 +81,7 @@ class SegmentWidget(Container):
                 self.existence_test,
                 self.p_threshold,
                 self.output,
+                self.shapes,
                 self.scope,
                 self.on_rerun,
                 self.run,
@@ -92,6 +95,7 @@ class SegmentWidget(Container):
             "p_threshold": self.p_threshold,
             "output": self.output,
             "scope": self.scope,
+            "shapes": self.shapes,
             "on_rerun": self.on_rerun,
         }
         self.max_width = 440  # long paths must not squeeze the canvas
@@ -192,5 +196,6 @@ class SegmentWidget(Container):
             existence_test=bool(self.existence_test.value),
             p_threshold=float(self.p_threshold.value),
             output=self.output.value,
+            shapes=self.shapes.value,
             region=region,
         )
