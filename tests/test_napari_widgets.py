@@ -306,3 +306,32 @@ def test_model_widget_loads_a_checkpoint_in_the_background(
     assert "mine.safetensors" in w.loaded.value
     pred = plugin_model_state.predictor()  # already loaded: no second load
     assert pred.model.config.input_size == bundled_predictor.model.config.input_size
+
+
+def test_segment_whole_image_runs_the_slide_engine(
+    make_napari_viewer, qtbot, plugin_model, he_crop, tmp_path
+):
+    """On a multiscale layer, 'whole image' goes through the slide engine; its store lands in
+    the Slide widget's output folder and the labels are multiscale-ready dask arrays."""
+    import dask.array as da
+
+    from napari_biomedparse._napari._settings import save_settings
+    from napari_biomedparse._napari._widgets.segment import WHOLE_IMAGE, SegmentWidget
+
+    save_settings("slide", {"output_folder": str(tmp_path)})
+    viewer = make_napari_viewer()
+    pyramid = [he_crop, he_crop[::2, ::2]]
+    viewer.add_image(pyramid, name="pyr", multiscale=True, scale=(0.25, 0.25), units="um")
+    w = SegmentWidget(viewer)
+    assert not _hidden(w.scope)
+    w.scope.value = WHOLE_IMAGE
+    w.prompts.value = "neoplastic cells"
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    assert (tmp_path / "pyr.segment.biomedparse.zarr").exists()
+    inst = viewer.layers["pyr instances (slide)"]
+    assert isinstance(inst.data if not inst.multiscale else inst.data[0], da.Array)
+    assert str(inst.units[0]) == "micrometer"
+    np.testing.assert_allclose(inst.scale, [0.5, 0.5])  # the engine's 0.5 um/px
+    assert set(inst.features["class"].astype(str)) <= {"neoplastic cells"}
