@@ -409,6 +409,8 @@ def finetune(
     net = resolve_model(model)
     if copy_model:
         net = copy.deepcopy(net)
+    if any(p.dtype != torch.float32 for p in net.parameters()):
+        net.float()  # train in float32 (a Predictor may hold the model in bf16 / fp16)
     base_meta = dict(getattr(net, "metadata", None) or {})
     S = int(tile_size or net.config.input_size)
     if isinstance(augment, bool):
