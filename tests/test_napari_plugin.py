@@ -79,7 +79,12 @@ def test_reader_leaves_other_files_to_napari(tmp_path):
 
     assert get_reader(str(SAMPLES / "stardist_img2d.tif")) is None  # plain small TIFF
     assert get_reader(str(SAMPLES / "hgsc_nest.jpg")) is None
-    assert get_reader(str(TEST_DATA / "openslide_fixtures" / "boxes.tiff")) is not None
+    boxes = get_reader(str(TEST_DATA / "openslide_fixtures" / "boxes.tiff"))
+    assert boxes is not None  # a pyramidal generic TIFF is ours
+    data, kwargs, kind = boxes(str(TEST_DATA / "openslide_fixtures" / "boxes.tiff"))[0]
+    assert kind == "image" and kwargs["multiscale"] and len(data) == 4
+    assert [lv.shape[:2] for lv in data][0] == (250, 300)
+    assert "scale" not in kwargs  # no pixel size in the file: pixels
     assert get_reader([str(SAMPLES / "cmu_small_region.svs")] * 2) is None
 
 
