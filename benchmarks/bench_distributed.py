@@ -132,6 +132,15 @@ def format_cpu(r: dict) -> str:
         "the model is loaded on the workers before the clock starts. *identical* = the blended "
         "probabilities equal the one-process run byte for byte.",
         "",
+        *(
+            [
+                f"**The machine was overloaded (load {r['load']:.1f} on {r['cores']} cores, "
+                "shared with other jobs): these figures measure contention, not scaling.**",
+                "",
+            ]
+            if r["load"] is not None and r["load"] > r["cores"]
+            else []
+        ),
         "| setup | tile stage (s) | speed-up | whole slide (s) | speed-up | identical |",
         "|---|---|---|---|---|---|",
     ]

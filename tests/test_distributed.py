@@ -387,3 +387,20 @@ def test_fast_predictor_matches_the_predictor(model_path, tmp_path):
     res = process_slide(synthetic_slide(5, (256, 256)), tmp_path / "f.zarr",
                         model=FastPredictor(pred, 64), **RUN)  # fmt: skip
     assert res.params["input_size"] == 64 and res.summary["tiles_processed"] > 0
+
+
+def test_process_slides_with_fewer_slides_than_workers_spreads_tiles(
+    client, model_path, slides, reference, tmp_path
+):
+    from napari_biomedparse.slide.distributed import choose_granularity
+
+    assert choose_granularity(1, 2) == "tiles" and choose_granularity(2, 2) == "slides"
+    with pytest.raises(ValueError, match="granularity"):
+        choose_granularity(1, 2, "blocks")
+    calls = []
+    res = process_slides([slides[0]], tmp_path / "out", model=str(model_path), device="cpu",
+                         client=client, progress=lambda d, t, m: calls.append((d, t, m)),
+                         **RUN)  # fmt: skip
+    assert_same(res[str(slides[0])], reference[0])
+    assert any(m.startswith("slide 1/1: tiles") for _, _, m in calls)
+    assert calls[-1][0] == calls[-1][1] == 1000
