@@ -74,7 +74,7 @@ class ImageInput:
     path: str | None = None
     rgb: bool | None = None
     metadata: dict = field(default_factory=dict)
-    units: tuple[str, str] | None = None  # e.g. ("micrometer", "micrometer"); None = pixels
+    units: tuple[str, ...] | None = None  # e.g. ("micrometer", "micrometer"); None = pixels
 
     @property
     def multiscale(self) -> bool:
@@ -99,14 +99,15 @@ def as_image_input(image, *, name=None, scale=None, translate=None, mpp=None) ->
         data = image.data
         if getattr(image, "multiscale", False):
             data = list(data)
-        src = getattr(getattr(image, "source", None), "path", None)
         inp = ImageInput(
             data=data,
             scale=tuple(float(s) for s in image.scale),
             translate=tuple(float(t) for t in image.translate),
             name=str(image.name),
             mpp=meta.get("mpp"),
-            path=meta.get("path") or (str(src) if src else None),
+            # only a file this plugin's reader opened (and whose pixels the layer still
+            # shows) is handed to the slide engine by path; anything else goes as arrays
+            path=meta.get("path"),
             rgb=bool(getattr(image, "rgb", False)),
             metadata=meta,
             units=_units(image),
@@ -128,7 +129,7 @@ def _units(layer) -> tuple[str, str] | None:
     units = getattr(layer, "units", None)
     if units is None:
         return None
-    names = tuple(str(u) for u in units)[-2:]
+    names = tuple(str(u) for u in units)
     return None if all(n in ("pixel", "px") for n in names) else names
 
 
@@ -541,7 +542,9 @@ def result_layers(res, *, source_name: str | None = None, image: ImageInput | No
     lab_translate = (T[0] + S[0] * (k - 1) / 2, T[1] + S[1] * (k - 1) / 2)
     names = list(res.class_names)
     meta = {"store": str(res.path), "image_scale": S, "image_translate": T}
-    units = image.units if image is not None else ("micrometer", "micrometer")
+    units = image.units[-2:] if image is not None and image.units else None
+    if image is None:
+        units = ("micrometer", "micrometer")
     out = []
     if not labels and not classes:  # probabilities only (recognize=False)
         probs = res.probs

@@ -57,8 +57,8 @@ def _affine(attributes: dict, ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
     scale = np.asarray(attributes.get("scale", np.ones(ndim)), dtype=np.float64)[-2:]
     translate = np.asarray(attributes.get("translate", np.zeros(ndim)), dtype=np.float64)[-2:]
     bp = _bp(attributes)
-    S = np.asarray(bp.get("image_scale", scale), dtype=np.float64)
-    T = np.asarray(bp.get("image_translate", translate), dtype=np.float64)
+    S = np.asarray(bp.get("image_scale", scale), dtype=np.float64)[-2:]
+    T = np.asarray(bp.get("image_translate", translate), dtype=np.float64)[-2:]
     return scale / S, (translate - T) / S
 
 
