@@ -16,21 +16,7 @@ def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-def test_scripting_doc_runs(monkeypatch, qtbot, capsys):
-    from napari_biomedparse import hub
-
-    if not hub.DEFAULT_WEIGHTS.is_file():
-        # until the bundled weights ship, "default" is the tiny official-architecture
-        # fixture (same code path, random weights)
-        from conftest import _tiny_predictor
-
-        tiny = _tiny_predictor().model
-        real = hub.load_model
-        monkeypatch.setattr(
-            hub,
-            "load_model",
-            lambda name="default", *a, **k: tiny if name == "default" else real(name, *a, **k),
-        )
+def test_scripting_doc_runs(qtbot, capsys):
     blocks = _blocks()
     assert len(blocks) >= 5
     ns: dict = {}
@@ -43,10 +29,13 @@ def test_scripting_doc_runs(monkeypatch, qtbot, capsys):
             ns["viewer"].close()
         raise
     out = capsys.readouterr().out
-    assert (
-        "labels  hgsc_nest instances (recognize)" in out.replace("image ", "")
-        or "instances (recognize)" in out
-    )
+    for line in (
+        "labels  hgsc_nest instances (recognize)",
+        "labels  hgsc_nest classes (recognize)",
+        "shapes  hgsc_nest outlines (recognize)",
+    ):
+        assert line in out
+    assert "image neoplastic cells mask (segment)" in out
     viewer = ns["viewer"]
     assert ns["out"].exists() and ns["out"].stat().st_size > 0
     assert any(name.endswith("(slide)") for name in [t[1]["name"] for t in ns["slide"]])
