@@ -19,6 +19,15 @@ Examples::
     python benchmarks/bench_distributed.py --workers 1,2 --size 1024            # CPU, quick
     python benchmarks/bench_distributed.py --workers 1,2,4 --gpu --profile      # GPU machine
 
+One call on a GPU machine whose files come back through ``$OUT`` (then, here,
+``--from-json that.json`` rewrites the docs section without measuring anything)::
+
+    python benchmarks/bench_distributed.py --gpu --profile --compile --workers 1,2,4,8 \
+        --size 2048 --json $OUT/bench_distributed.json --no-write
+
+Order: eager variants, the slide run, the compiled variant, the profile, the CPU scaling;
+the JSON is rewritten after each part, so a run cut short keeps what it measured.
+
 Replaces only the part of docs/benchmarks.md between ``<!-- distributed:begin -->`` and
 ``<!-- distributed:end -->`` (the CPU and CUDA tables are kept apart, so a CPU run does not
 erase the CUDA figures); ``--no-write`` prints only.
@@ -206,14 +215,28 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def gpu_bench(args) -> dict:
+def _tiles_per_s(runner, size, batch, prompts, n, dev, rng) -> tuple[float, float]:
+    tiles = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    runner.predict_batch(tiles, prompts)  # warm-up / compilation
+    _sync(dev)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        runner.predict_batch(tiles, prompts)
+    _sync(dev)
+    return n * batch / (time.perf_counter() - t0), first
+
+
+def gpu_bench(args, save=lambda: None) -> dict:
+    """Eager variants, then the slide run, then the compiled variants (the slowest to start),
+    each guarded: a failure is recorded and the next part runs. ``save()`` after each."""
     from napari_biomedparse.inference.predictor import Predictor
     from napari_biomedparse.slide.distributed import (
         FastPredictor,
         auto_batch_size,
         compile_predictor,
     )
-    from napari_biomedparse.slide.engine import process_slide
 
     dev = torch.device(args.gpu_device)
     cuda = dev.type == "cuda"
@@ -223,40 +246,56 @@ def gpu_bench(args) -> dict:
     prompts = PROMPTS[: args.prompts]
     rng = np.random.default_rng(0)
     out: dict = {"device": name, "input_size": S, "prompts": len(prompts), "variants": []}
-    variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if args.compile else [])
+    results_ref = args._results
+    results_ref["gpu"] = out
     batch = args.gpu_batch
-    for dtype, comp in variants:
-        pred = Predictor(model, device=dev, dtype=None if dtype == "fp32" else dtype)
-        if batch is None:
-            batch = min(32, auto_batch_size(pred, prompts, max_batch=32, default=2))
-        for kind in ("Predictor", "FastPredictor"):
-            if kind == "Predictor":
-                runner, size = pred, S
-            else:
-                runner, size = FastPredictor(pred, args.gpu_tile), args.gpu_tile
-            if comp and kind == "Predictor":
-                compile_predictor(pred)
-            tiles = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-            t0 = time.perf_counter()
-            runner.predict_batch(tiles, prompts)  # warm-up / compilation
-            _sync(dev)
-            first = time.perf_counter() - t0
-            n = args.gpu_batches
-            t0 = time.perf_counter()
-            for _ in range(n):
-                runner.predict_batch(tiles, prompts)
-            _sync(dev)
-            dt = time.perf_counter() - t0
-            out["variants"].append({
-                "variant": dtype + (" + compile" if comp else ""), "path": kind,
-                "tile": size, "batch": batch, "tiles_per_s": n * batch / dt,
-                "first_batch_s": first,
-            })  # fmt: skip
-            print(out["variants"][-1], flush=True)
+    if batch is None:
+        probe = Predictor(model, device=dev)
+        batch = min(32, auto_batch_size(probe, prompts, max_batch=32, default=2))
     out["batch"] = batch
-    # the slide run: fast path, bf16 (compiled when --compile: the model is compiled above)
-    pred = Predictor(model, device=dev, dtype="bf16")
-    fast = FastPredictor(pred, args.gpu_tile)
+
+    def variant(dtype, comp):
+        pred = Predictor(model, device=dev, dtype=None if dtype == "fp32" else dtype)
+        if comp:
+            compile_predictor(pred)
+        for kind in ("Predictor", "FastPredictor"):
+            runner = pred if kind == "Predictor" else FastPredictor(pred, args.gpu_tile)
+            size = S if kind == "Predictor" else args.gpu_tile
+            row = {"variant": dtype + (" + compile" if comp else ""), "path": kind,
+                   "tile": size, "batch": batch}  # fmt: skip
+            try:
+                row["tiles_per_s"], row["first_batch_s"] = _tiles_per_s(
+                    runner, size, batch, prompts, args.gpu_batches, dev, rng
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if cuda:
+                    torch.cuda.empty_cache()
+            out["variants"].append(row)
+            print(row, flush=True)
+            save()
+
+    for dtype in ("fp32", "bf16"):
+        variant(dtype, False)
+    try:
+        out["slide"] = slide_run(args, model, dev, prompts, batch)
+    except Exception as exc:  # noqa: BLE001
+        out["slide_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    print(out.get("slide", out.get("slide_error")), flush=True)
+    save()
+    if args.compile:
+        variant("bf16", True)
+    return out
+
+
+def slide_run(args, model, dev, prompts, batch) -> dict:
+    """``process_slide`` with the fast path in bf16; GPU busy fraction and tissue MP/s."""
+    from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.slide.distributed import FastPredictor
+    from napari_biomedparse.slide.engine import process_slide
+
+    cuda = dev.type == "cuda"
+    fast = FastPredictor(Predictor(model, device=dev, dtype="bf16"), args.gpu_tile)
     meter = BusyMeter(fast) if cuda else fast
     if args.slide:
         src, slide_mpp, what = args.slide, None, Path(args.slide).name
@@ -265,23 +304,27 @@ def gpu_bench(args) -> dict:
         slide_mpp, what = 0.25, f"{args.gpu_slide} x {args.gpu_slide} px synthetic (in memory)"
     sampler = _nvml_sampler(dev.index or 0) if cuda else None
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = process_slide(src, Path(tmp) / "gpu.zarr", model=meter, prompts=prompts,
-                            slide_mpp=slide_mpp, mpp=0.5, tile_size=args.gpu_tile,
-                            overlap=args.gpu_tile // 8, batch_size=batch, readers=args.readers,
-                            instances="components")  # fmt: skip
-        total = time.perf_counter() - t0
-        s = res.summary
-        H0, W0 = res.meta["grid"]["level0_shape"]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = process_slide(src, Path(tmp) / "gpu.zarr", model=meter, prompts=prompts,
+                                slide_mpp=slide_mpp, mpp=0.5, tile_size=args.gpu_tile,
+                                overlap=args.gpu_tile // 8, batch_size=batch,
+                                readers=args.readers, instances="components")  # fmt: skip
+            total = time.perf_counter() - t0
+            s = res.summary
+            H0, W0 = res.meta["grid"]["level0_shape"]
+    finally:
+        util = None
+        if sampler is not None:
+            samples, stop, th = sampler
+            stop.set()
+            th.join()
+            util = float(np.mean([u for _, u in samples])) if samples else None
+    if not s["tiles_processed"]:
+        raise RuntimeError(f"no tissue tiles in {what} (tissue fraction {s['tissue_fraction']})")
     busy = meter.busy_seconds() if cuda else float("nan")
-    util = None
-    if sampler is not None:
-        samples, stop, th = sampler
-        stop.set()
-        th.join()
-        util = float(np.mean([u for _, u in samples])) if samples else None
     tissue_mp = s["tissue_fraction"] * H0 * W0 / 1e6
-    out["slide"] = {
+    return {
         "what": what, "level0": [H0, W0], "tiles": s["tiles_processed"],
         "seconds_tiles": s["seconds_tiles"], "seconds_total": total,
         "busy_fraction": busy / s["seconds_tiles"], "nvml_util_mean": util,
@@ -289,8 +332,6 @@ def gpu_bench(args) -> dict:
         "tissue_mp_per_s_total": tissue_mp / total,
         "tiles_per_s": s["tiles_processed"] / s["seconds_tiles"],
     }  # fmt: skip
-    print(out["slide"], flush=True)
-    return out
 
 
 def format_gpu(r: dict) -> str:
@@ -306,8 +347,14 @@ def format_gpu(r: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for v in r["variants"]:
+        if "error" in v:
+            lines.append(f"| {v['variant']} | {v['path']} | {v['tile']} | failed: "
+                         f"{v['error']} | |")  # fmt: skip
+            continue
         lines.append(f"| {v['variant']} | {v['path']} | {v['tile']} | {v['tiles_per_s']:.1f} | "
                      f"{v['first_batch_s']:.1f} |")  # fmt: skip
+    if r.get("slide_error"):
+        lines += ["", f"Slide run failed: {r['slide_error']}"]
     s = r.get("slide")
     if s:
         util = f"{s['nvml_util_mean']:.0f} %" if s["nvml_util_mean"] is not None else "n/a"
@@ -320,7 +367,7 @@ def format_gpu(r: dict) -> str:
             "| tissue MP/s (whole run) | tile stage (s) | whole run (s) |",
             "|---|---|---|---|---|---|---|",
             f"| {s['tiles_per_s']:.1f} | {100 * s['busy_fraction']:.0f} % | {util} | "
-            f"{s['tissue_mp_per_s_tiles']:.1f} | {s['tissue_mp_per_s_total']:.1f} | "
+            f"{s['tissue_mp_per_s_tiles']:.3g} | {s['tissue_mp_per_s_total']:.3g} | "
             f"{s['seconds_tiles']:.1f} | {s['seconds_total']:.1f} |",
         ]
     return "\n".join(lines) + "\n"
@@ -379,40 +426,68 @@ def main(argv=None):
     ap.add_argument("--gpu-input", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--from-json", default=None, help="only rewrite the docs from a JSON")
     a = ap.parse_args(argv)
-    blocks, results = {}, {"date": datetime.datetime.now(datetime.UTC).isoformat()}
-    workers = [int(w) for w in a.workers.split(",") if w.strip()]
-    if workers:
-        r = cpu_scaling(workers, a.size, a.input_size, a.tile, a.batch)
-        results["cpu"] = r
-        blocks["cpu"] = format_cpu(r)
-        print(blocks["cpu"], flush=True)
-    if a.gpu:
-        if a.gpu_device.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit("--gpu: no CUDA device")
-        r = gpu_bench(a)
-        results["gpu"] = r
-        blocks["cuda"] = format_gpu(r)
-        print(blocks["cuda"], flush=True)
-        if a.profile:
-            p = profile(device=a.gpu_device, config=a.gpu_config, input_size=a.gpu_input,
-                        tile_size=a.gpu_tile,
-                        batch_size=results["gpu"]["batch"], n_prompts=a.prompts, n_batches=3,
-                        dtype="bf16")  # fmt: skip
-            results["profile_cuda"] = p
-            blocks["cuda-profile"] = format_table(p)
-            print(blocks["cuda-profile"], flush=True)
-    elif a.profile:
-        p = profile(device="cpu", config="tiny", input_size=256, tile_size=a.tile,
-                    batch_size=a.batch, n_prompts=a.prompts, n_batches=2)  # fmt: skip
-        results["profile_cpu"] = p
-        blocks["cpu-profile"] = format_table(p)
-        print(blocks["cpu-profile"], flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1, default=str))
+    if a.from_json:
+        results = json.loads(Path(a.from_json).read_text())
+    else:
+        results = run_all(a)
+    blocks = make_blocks(results)
+    for text in blocks.values():
+        print(text, flush=True)
     if not a.no_write and blocks:
         write_doc(blocks)
         print(f"wrote {DOC}")
+
+
+def make_blocks(results: dict) -> dict[str, str]:
+    blocks = {}
+    if "cpu" in results:
+        blocks["cpu"] = format_cpu(results["cpu"])
+    if "gpu" in results:
+        blocks["cuda"] = format_gpu(results["gpu"])
+    if "profile_cuda" in results:
+        blocks["cuda-profile"] = format_table(results["profile_cuda"])
+    if "profile_cpu" in results:
+        blocks["cpu-profile"] = format_table(results["profile_cpu"])
+    return blocks
+
+
+def run_all(a) -> dict:
+    """GPU parts first (the scarce machine), then the CPU scaling; the JSON is saved after
+    every part so that a run cut short keeps what it measured."""
+    results: dict = {"date": datetime.datetime.now(datetime.UTC).isoformat()}
+    a._results = results
+
+    def save():
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=1, default=str))
+
+    if a.gpu:
+        if a.gpu_device.startswith("cuda") and not torch.cuda.is_available():
+            raise SystemExit("--gpu: no CUDA device")
+        gpu_bench(a, save)
+        save()
+        if a.profile:
+            try:
+                results["profile_cuda"] = profile(
+                    device=a.gpu_device, config=a.gpu_config, input_size=a.gpu_input,
+                    tile_size=a.gpu_tile, batch_size=results["gpu"]["batch"],
+                    n_prompts=a.prompts, n_batches=3, dtype="bf16",
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                print(f"profile failed: {exc!r}", flush=True)
+            save()
+    elif a.profile:
+        results["profile_cpu"] = profile(device="cpu", config="tiny", input_size=256,
+                                         tile_size=a.tile, batch_size=a.batch,
+                                         n_prompts=a.prompts, n_batches=2)  # fmt: skip
+        save()
+    workers = [int(w) for w in a.workers.split(",") if w.strip()]
+    if workers:
+        results["cpu"] = cpu_scaling(workers, a.size, a.input_size, a.tile, a.batch)
+        save()
+    return results
 
 
 if __name__ == "__main__":

@@ -83,13 +83,16 @@ def build(config: str, input_size: int | None, seed: int = 0):
 
 
 def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
-    """H&E-like RGB: pink tissue with purple nuclei (fast to make at any size)."""
+    """H&E-like RGB: pink tissue with purple nuclei on glass (fast to make at any size)."""
     rng = np.random.default_rng(seed)
     small = max(8, size // 16)
     base = np.empty((small, small, 3), np.uint8)
     base[...] = (230, 160, 200)
     n = rng.random((small, small)) < 0.15
     base[n] = (90, 40, 140)
+    yy, xx = np.mgrid[:small, :small]
+    r = ((yy - small / 2) / (0.45 * small)) ** 2 + ((xx - small / 2) / (0.45 * small)) ** 2
+    base[r > 1] = (243, 243, 243)  # glass around an elliptic section (~64 % of the area)
     img = np.repeat(np.repeat(base, 16, 0), 16, 1)[:size, :size]
     noise = rng.integers(-10, 11, (size, size, 1), dtype=np.int16)
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
