@@ -335,3 +335,14 @@ def test_segment_whole_image_runs_the_slide_engine(
     assert str(inst.units[0]) == "micrometer"
     np.testing.assert_allclose(inst.scale, [0.5, 0.5])  # the engine's 0.5 um/px
     assert set(inst.features["class"].astype(str)) <= {"neoplastic cells"}
+
+
+def test_unavailable_device_says_what_to_do():
+    import torch
+
+    from napari_biomedparse._napari._model_state import ModelSpec, load_predictor
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="choose device 'auto' or 'cpu' in the Model widget"):
+        load_predictor(ModelSpec(device="cuda"))

@@ -51,9 +51,27 @@ def _dtype(precision: str):
     ]
 
 
+def check_device(device: str) -> None:
+    """Raise a clear error when the chosen device does not exist on this machine."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "CUDA is not available here (no NVIDIA GPU, or PyTorch built without CUDA); "
+            "choose device 'auto' or 'cpu' in the Model widget"
+        )
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise RuntimeError(
+            "Apple MPS is not available here; choose device 'auto' or 'cpu' in the Model widget"
+        )
+
+
 def load_predictor(spec: ModelSpec, progress=None):
     """Load the model of ``spec`` and wrap it in a Predictor (slow: call it in a worker)."""
     arg = spec.load_arg()  # checks the file first: a bad path fails fast with a clear message
+    check_device(spec.device)
 
     from napari_biomedparse.hub import load_model
     from napari_biomedparse.inference.predictor import Predictor
