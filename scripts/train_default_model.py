@@ -51,6 +51,12 @@ def main(argv=None) -> int:
         help="wall-clock budget of the optimisation (ends early; schedule follows time)",
     )
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument(
+        "--refit-existence",
+        action="store_true",
+        help="do not train: refit the existence statistics (target_dist) of the checkpoint at "
+        "--out on the training tiles and rewrite it (weights unchanged)",
+    )
     p.add_argument("--float32", action="store_true", help="store float32 (default float16)")
     args = p.parse_args(argv)
 
@@ -66,6 +72,8 @@ def main(argv=None) -> int:
     train, held = datasets()
     cfg = default_config()
     t0 = time.time()
+    if args.refit_existence:
+        return refit_existence(args, train)
 
     def progress(done, total, message):
         print(f"[{time.time() - t0:7.1f}s] {message}", flush=True)
@@ -114,6 +122,27 @@ def main(argv=None) -> int:
                 indent=1,
             )
         )
+    return 0
+
+
+def refit_existence(args, train) -> int:
+    """Recompute ``target_dist`` of an existing checkpoint with the current fitting code."""
+    import torch
+
+    from napari_biomedparse.hub import load_model
+    from napari_biomedparse.training.data import TileSampler
+    from napari_biomedparse.training.finetune import (
+        fit_existence_statistics,
+        resolve_device,
+        save_model,
+    )
+
+    torch.manual_seed(args.seed)
+    model = load_model(args.out).to(resolve_device(args.device))
+    sampler = TileSampler(train, tile_size=model.config.input_size, seed=args.seed)
+    model.metadata["target_dist"] = fit_existence_statistics(model, sampler, n_tiles=64)
+    save_model(model.cpu(), args.out, half=not args.float32)
+    print(f"refitted target_dist of {args.out}: {sorted(model.metadata['target_dist'])}")
     return 0
 
 

@@ -73,3 +73,19 @@ def test_default_model_segments_heldout_fluorescence(model, held):
     fl = held[1]
     probs = predict_tiles(model, fl.image, ["nuclei"])
     assert dice(probs[0] > 0.5, fl.instances > 0) > FL_NUCLEI_FLOOR
+
+
+def test_default_model_existence_statistics_accept_heldout_objects(model, held):
+    """The fitted target_dist says the held-out nuclei are present and a blank field empty."""
+    from napari_biomedparse.inference.predictor import Predictor
+
+    pred = Predictor(model, device="cpu")
+    fl = held[1]  # 256 x 256: the model's input size, so detect() sees it unresized
+    det = pred.detect(fl.image, ["nuclei"], modality="fluorescence")
+    assert det.p_values[0] > 0.05 and det.present[0]
+    he = held[0].crop(slice(50, 306), slice(50, 306))  # dense neoplastic nuclei
+    assert (he.classes == 3).mean() > 0.1
+    det = pred.detect(he.image, ["neoplastic cells"], modality="pathology")
+    assert det.p_values[0] > 0.05
+    blank = np.full((256, 256, 3), 235, np.uint8)
+    assert pred.detect(blank, ["neoplastic cells"], modality="pathology").p_values[0] < 0.05

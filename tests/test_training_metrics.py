@@ -114,3 +114,9 @@ def test_mask_stats_and_fit_target_dist():
     td = fit_target_dist(stats)
     assert list(td["pathology"]) == ["nuclei"]  # one sample is too few to fit
     assert np.asarray(td["pathology"]["nuclei"]).shape == (4, 2)
+
+
+def test_fit_beta_standard_deviation_floor():
+    a, b = fit_beta(np.full(50, 0.3) + np.linspace(-0.001, 0.001, 50), min_sd=0.1)
+    mean, var = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
+    assert mean == pytest.approx(0.3, abs=1e-3) and np.sqrt(var) == pytest.approx(0.1, rel=1e-3)

@@ -30,11 +30,13 @@ def mask_stats(mask_255: np.ndarray, rgb: np.ndarray) -> list[float]:
     return [float(m[sel].mean() / 256)] + [float(img[..., c][sel].mean() / 256) for c in range(3)]
 
 
-def fit_beta(values: Iterable[float], eps: float = 1e-4) -> list[float]:
+def fit_beta(values: Iterable[float], eps: float = 1e-4, min_sd: float = 0.0) -> list[float]:
     """Beta(a, b) parameters of values in (0, 1) by the method of moments.
 
-    The variance is floored (``eps`` and 1 % of the maximal variance m(1-m)) so that a nearly
-    constant statistic gives a sharp but finite distribution. Returns [a, b].
+    The variance is floored (``eps``, 1 % of the maximal variance m(1-m), and ``min_sd**2``)
+    so that a nearly constant statistic gives a sharp but finite distribution, and so that a
+    few training images do not give a distribution narrower than the variation expected
+    between images (``min_sd``). Returns [a, b].
     """
     x = np.clip(np.asarray(list(values), dtype=np.float64), 1e-4, 1 - 1e-4)
     if x.size == 0:
@@ -42,13 +44,15 @@ def fit_beta(values: Iterable[float], eps: float = 1e-4) -> list[float]:
     m = float(x.mean())
     v = float(x.var()) if x.size > 1 else 0.0
     vmax = m * (1 - m)
-    v = min(max(v, eps, 0.01 * vmax), 0.99 * vmax)
+    v = min(max(v, eps, 0.01 * vmax, min_sd**2), 0.99 * vmax)
     k = vmax / v - 1.0
     return [m * k, (1 - m) * k]
 
 
 def fit_target_dist(
-    stats: Mapping[str, Mapping[str, list[list[float]]]], min_samples: int = 2
+    stats: Mapping[str, Mapping[str, list[list[float]]]],
+    min_samples: int = 2,
+    min_sd: float | tuple[float, float, float, float] = 0.0,
 ) -> dict[str, dict[str, list[list[float]]]]:
     """Fit Beta parameters per modality, target and statistic.
 
@@ -56,15 +60,20 @@ def fit_target_dist(
         stats: modality -> target -> list of 4-vectors (one per training tile/mask). All-zero
             vectors (nothing predicted) are skipped.
         min_samples: targets with fewer non-zero vectors are left out (not testable).
+        min_sd: floor of the fitted standard deviation (see :func:`fit_beta`), one value or one
+            per statistic (probability, R, G, B).
 
     Returns:
         modality -> target -> 4 x [a, b] (the layout of the official ``target_dist.json``).
     """
+    floors = tuple(min_sd) if isinstance(min_sd, (tuple, list)) else (float(min_sd),) * 4
     out: dict[str, dict[str, list[list[float]]]] = {}
     for modality, targets in stats.items():
         for target, vectors in targets.items():
             arr = np.asarray([v for v in vectors if any(v)], dtype=np.float64).reshape(-1, 4)
             if len(arr) < min_samples:
                 continue
-            out.setdefault(modality, {})[target] = [fit_beta(arr[:, i]) for i in range(4)]
+            out.setdefault(modality, {})[target] = [
+                fit_beta(arr[:, i], min_sd=floors[i]) for i in range(4)
+            ]
     return out
