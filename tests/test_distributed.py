@@ -404,3 +404,31 @@ def test_process_slides_with_fewer_slides_than_workers_spreads_tiles(
     assert_same(res[str(slides[0])], reference[0])
     assert any(m.startswith("slide 1/1: tiles") for _, _, m in calls)
     assert calls[-1][0] == calls[-1][1] == 1000
+
+
+def test_cli_gpu_options_on_the_cluster(client, model_path, slides, tmp_path):
+    """--precision/--fast-gpu reach the workers (here on the CPU): the run records the tile
+    size as the model input (FastPredictor), and the workers built the same predictor."""
+    from napari_biomedparse.cli import main
+    from napari_biomedparse.slide import distributed as dist
+    from napari_biomedparse.slide._testing import StainPredictor
+    from napari_biomedparse.slide.distributed import configure_predictor
+    from napari_biomedparse.slide.engine import SlideResult
+
+    args = [*_cli_args(slides[0], tmp_path / "f", model_path), "--fast-gpu", "--precision",
+            "bf16", "--tile-size", "128", "--scheduler", client.scheduler.address]  # fmt: skip
+    assert main(args) == 0
+    res = SlideResult.open(tmp_path / "f" / f"{slides[0].name}.biomedparse.zarr")
+    assert res.params["input_size"] == 128 and res.params["tile_size"] == 128
+    assert "fast128" in res.params["model"] and res.summary["tiles_processed"] > 5
+    assert np.asarray(res.probs).any()
+    # the workers built the same fast bf16 predictor
+    kinds = client.run(
+        lambda: sorted(
+            f"{type(p).__name__}:{p.input_size}:{p.dtype}" for p in dist._PREDICTORS.values()
+        )
+    )
+    for v in kinds.values():
+        assert "FastPredictor:128:torch.bfloat16" in v
+    with pytest.raises(ValueError, match="need a BiomedParse model"):
+        configure_predictor(StainPredictor(64), dtype="bf16")

@@ -76,6 +76,7 @@ __all__ = [
     "process_slides_distributed",
     "choose_granularity",
     "FastPredictor",
+    "configure_predictor",
     "compile_predictor",
     "auto_batch_size",
 ]
@@ -155,6 +156,7 @@ def model_spec(
     if isinstance(obj, FastPredictor):
         inner, fast, tile_size = obj.predictor, True, obj.input_size
         compile = compile or obj.compiled
+    compile = compile or bool(getattr(inner, "compiled", False))
     if dtype is None:
         dtype = getattr(inner, "dtype", None)
     dname = _dtype_name(dtype)
@@ -842,6 +844,38 @@ def process_slides_distributed(
 
 # --------------------------------------------------------------------------------------------
 # the fast single-GPU path (wrappers around inference.predictor.Predictor)
+
+
+def configure_predictor(
+    predictor,
+    *,
+    dtype=None,
+    compile: bool = False,
+    fast: bool = False,
+    tile_size: int | None = None,
+):
+    """The GPU options on a resolved predictor: ``dtype`` ("bf16", "fp16"; autocast),
+    ``compile`` (``torch.compile``), ``fast`` (:class:`FastPredictor` reading tiles of
+    ``tile_size``). Returns a new predictor (the model object is shared); a predictor that is
+    not a ``Predictor`` is returned unchanged when no option is asked, else refused."""
+    from napari_biomedparse.inference.predictor import Predictor
+
+    if dtype in (None, "fp32", "float32") and not compile and not fast:
+        return predictor
+    if not isinstance(predictor, Predictor):
+        raise ValueError(
+            "precision / compile / fast options need a BiomedParse model (a Predictor), "
+            f"not {type(predictor).__name__}"
+        )
+    if dtype not in (None, "fp32", "float32"):
+        predictor = Predictor(predictor.model, device=predictor.device, dtype=dtype)
+    if fast:
+        if not tile_size:
+            raise ValueError("fast=True needs the tile size")
+        return FastPredictor(predictor, int(tile_size), compile=compile)
+    if compile:
+        compile_predictor(predictor)
+    return predictor
 
 
 def compile_predictor(predictor, mode: str | None = None):
