@@ -78,9 +78,15 @@ def test_finetune_from_layers(make_napari_viewer, qtbot, plugin_model_state, ann
 
 
 def test_finetune_cancel_writes_nothing(
-    make_napari_viewer, qtbot, plugin_model_state, annotated, tmp_path
+    make_napari_viewer, qtbot, plugin_model, annotated, tmp_path
 ):
+    """Starting from the plugin's current model and cancelling: no file, current model intact."""
+    from napari_biomedparse._napari.finetune_widget import START_CURRENT
+
+    current = plugin_model.predictor().model
+    before = {k: v.clone() for k, v in current.state_dict().items()}
     viewer, w = _widget(make_napari_viewer, annotated, tmp_path)
+    w.start_from.value = START_CURRENT
     w.steps.value = 500
     w.run._emitter.progress.connect(lambda *a: w.run.cancel())
     w.start()
@@ -88,6 +94,9 @@ def test_finetune_cancel_writes_nothing(
     assert w.run.last_outcome == "cancelled"
     assert not (tmp_path / "tuned.safetensors").exists()
     assert w.run.run_button.enabled
+    assert plugin_model.predictor().model is current  # still the current model, unchanged
+    after = current.state_dict()
+    assert all((after[k] == v).all() for k, v in before.items())
 
 
 def test_finetune_bad_inputs_are_notifications(
