@@ -21,8 +21,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="default",
-        help="start from: 'default', 'biomedparse-v1', a checkpoint path, or 'scratch:tiny' "
-        "(random init of the tiny configuration)",
+        help="start from: 'default', 'biomedparse-v1', a checkpoint path, or random init of "
+        "a configuration: 'scratch:tiny', 'scratch:default' (the default model's)",
     )
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=4)
@@ -51,7 +51,13 @@ def _start_model(spec: str):
         _, _, size = spec.partition(":")
         if size in ("", "tiny"):
             return BiomedParseConfig.tiny()
-        raise ValueError(f"unknown scratch configuration {size!r}; use 'scratch:tiny'.")
+        if size == "default":
+            from .default_model import default_config
+
+            return default_config()
+        raise ValueError(
+            f"unknown scratch configuration {size!r}; use 'scratch:tiny' or 'scratch:default'."
+        )
     return spec
 
 
