@@ -181,6 +181,7 @@ def test_killed_worker_mid_run_gives_identical_results(
     assert killed
     assert_same(res, reference[1])
     client.wait_for_workers(2, timeout=60)
+    assert killed[0] not in client.scheduler_info()["workers"]  # replaced by a fresh process
 
 
 def _write_tiles(store, image_path, grid_dict, model_path, batches):
