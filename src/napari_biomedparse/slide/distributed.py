@@ -249,6 +249,8 @@ def _build_predictor(spec: ModelSpec):
         model = torch.load(io.BytesIO(spec.payload), map_location="cpu", weights_only=False)
     else:
         raise ValueError(f"unknown model spec kind {spec.kind!r}")
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
     pred = Predictor(model, device=device, dtype=spec.dtype)
     if spec.fast:
         return FastPredictor(pred, spec.tile_size or pred.input_size, compile=spec.compile)
@@ -417,6 +419,19 @@ class _CancelFlag:
             os.remove(self.path)
 
 
+def _use_device_of(predictor) -> None:
+    """Make the predictor's GPU the current one of this thread (tasks run on the worker's
+    executor threads; code that allocates on "cuda" then lands on the worker's own card)."""
+    dev = getattr(predictor, "device", None)
+    if dev is None or "cuda" not in str(dev):
+        return
+    import torch
+
+    dev = torch.device(dev)
+    if dev.index is not None and torch.cuda.current_device() != dev.index:
+        torch.cuda.set_device(dev)
+
+
 def _log(topic: str, msg: dict) -> None:
     try:
         from distributed import get_worker
@@ -438,6 +453,7 @@ def _tiles_task(store, image_ref, grid, batches, prompts, spec, opts, topic, tas
         _log(topic, {"task": task_id, "done": skipped})
         return skipped
     predictor = get_predictor(spec)
+    _use_device_of(predictor)
     image = _open_on_worker(image_ref)
 
     def progress(done, total, message):
@@ -464,6 +480,7 @@ def _slide_task(source_ref, dest, spec, kwargs, topic, index, cancel):
     from .engine import process_slide
 
     predictor = get_predictor(spec)
+    _use_device_of(predictor)
     source = _open_on_worker(source_ref) if isinstance(source_ref, tuple) else source_ref
 
     def progress(done, total, message):
