@@ -168,16 +168,21 @@ class SEEMDecoder(nn.Module):
     @staticmethod
     def _sampled_features(mask_features: torch.Tensor, size) -> torch.Tensor:
         """The rows/columns of ``mask_features`` that a bilinear resize to ``size`` reads
-        (interleaved tap pairs), or the full map when the resize is not an even ratio."""
+        (interleaved tap pairs: a (2h, 2w) map whose ratio-2 resize equals the full map's
+        resize), or the full map when the resize is not an even integer ratio."""
         hm, wm = mask_features.shape[-2:]
         ty, tx = bilinear_taps(hm, size[0]), bilinear_taps(wm, size[1])
         if ty is None or tx is None:
             return mask_features
         feats = mask_features
         if size[0] * 2 != hm:
-            feats = feats.index_select(2, torch.stack(ty, 1).flatten().to(feats.device))
+            r = hm // size[0]
+            pair = (feats[..., r // 2 - 1 :: r, :], feats[..., r // 2 :: r, :])
+            feats = torch.stack(pair, -2).flatten(-3, -2)
         if size[1] * 2 != wm:
-            feats = feats.index_select(3, torch.stack(tx, 1).flatten().to(feats.device))
+            r = wm // size[1]
+            feats = torch.stack((feats[..., r // 2 - 1 :: r], feats[..., r // 2 :: r]), -1)
+            feats = feats.flatten(-2)
         return feats
 
     #: max mask-logit elements evaluated at once for an attention mask (bounds the transient
@@ -283,16 +288,6 @@ class SEEMDecoder(nn.Module):
         t = tokens.shape[1]
         q = self.num_queries
 
-        # memory: per level (B, HW, C) + level embedding, its sine positions, shared K/V
-        levels = []
-        for lvl, feat in enumerate(multi_scale_features[: self.num_feature_levels]):
-            h, w = feat.shape[-2:]
-            feat = self.input_proj[lvl](feat)
-            src = feat.flatten(2).transpose(1, 2) + self.level_embed.weight[lvl].to(dtype)
-            pos = sine_position_embedding(1, h, w, c // 2, device=dev, dtype=dtype)
-            pos = pos.flatten(2).transpose(1, 2)
-            levels.append((src, pos, (h, w)))
-
         query_pos = self.query_embed.weight.to(dtype)[None].expand(b * s, q, c)
         queries = self.query_feat.weight.to(dtype)[None, None].expand(b, s, q, c)
         tok_state = tokens[None].expand(b, s, t, c).reshape(b * s, t, c)
@@ -309,6 +304,20 @@ class SEEMDecoder(nn.Module):
         # prompt-independent tensors (sampled mask features, per-layer memory keys/values);
         # kept in ``cache`` across calls when the caller provides one (inference only)
         memory_cache: dict = cache if cache is not None else {}
+
+        # memory: per level (B, HW, C) + level embedding, and its sine positions added (keys)
+        levels = memory_cache.get(("levels",))
+        if levels is None:
+            levels = []
+            for lvl, feat in enumerate(multi_scale_features[: self.num_feature_levels]):
+                h, w = feat.shape[-2:]
+                feat = self.input_proj[lvl](feat)
+                src = feat.flatten(2).transpose(1, 2) + self.level_embed.weight[lvl].to(dtype)
+                pos = sine_position_embedding(1, h, w, c // 2, device=dev, dtype=dtype)
+                pos = pos.flatten(2).transpose(1, 2)
+                levels.append((src, src + pos, (h, w)))  # value, key input, size
+            if cache is not None and not torch.is_grad_enabled():
+                memory_cache[("levels",)] = levels
 
         def predict(queries, next_size):
             captions, mask_emb, logits = self._heads(queries)
@@ -339,11 +348,11 @@ class SEEMDecoder(nn.Module):
         aux = []
         pred, mask_emb, attn = predict(queries, levels[0][2])
         for i in range(self.num_layers):
-            src, pos, _ = levels[i % self.num_feature_levels]
+            src, src_pos, _ = levels[i % self.num_feature_levels]
             ca = self.transformer_cross_attention_layers[i]
             kv = memory_cache.get(("kv", i))
             if kv is None:
-                kv = ca.multihead_attn.project_kv(src + pos, src)
+                kv = ca.multihead_attn.project_kv(src_pos, src)
                 if cache is not None and not torch.is_grad_enabled():
                     memory_cache[("kv", i)] = kv
             k, v = kv
