@@ -305,6 +305,9 @@ def test_model_widget_loads_a_checkpoint_in_the_background(
     assert spec.source == "checkpoint" and spec.checkpoint == str(ckpt)
     assert "mine.safetensors" in w.loaded.value
     pred = plugin_model_state.predictor()  # already loaded: no second load
+    # a model loaded elsewhere (another widget's first run, a script) shows up too
+    plugin_model_state.use(bundled_predictor, name="/x/other.safetensors", device="cpu")
+    qtbot.waitUntil(lambda: "other.safetensors" in w.loaded.value, timeout=5000)
     assert pred.model.config.input_size == bundled_predictor.model.config.input_size
 
 

@@ -3,6 +3,8 @@ precision and weights cache; loads in the background with progress."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from .._model_state import DEVICES, MODEL, PRECISIONS, ModelSpec
@@ -59,6 +61,13 @@ class ModelWidget(Container):
         self.run.run_button.changed.connect(self.start)
         self._sync()
         self._show_loaded()
+        # another widget's run may load the model: keep "current" up to date (cheap poll,
+        # owned by this widget's Qt object so it stops with it)
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer(self.native)
+        self._timer.timeout.connect(self._show_loaded)
+        self._timer.start(1000)
 
     def spec(self) -> ModelSpec:
         def _s(v):
@@ -82,10 +91,12 @@ class ModelWidget(Container):
     def _show_loaded(self):
         spec = MODEL.loaded_spec
         if spec is None:
-            self.loaded.value = "not loaded yet (loads on first run)"
+            text = "not loaded yet (loads on first run)"
         else:
-            what = spec.checkpoint if spec.source == "checkpoint" else spec.source
-            self.loaded.value = f"{what} on {spec.device}, {spec.precision}"
+            what = Path(spec.checkpoint).name if spec.source == "checkpoint" else spec.source
+            text = f"{what} on {spec.device}, {spec.precision}"
+        if self.loaded.value != text:
+            self.loaded.value = text
 
     def start(self, *_):
         spec = self.spec()
