@@ -180,7 +180,10 @@ def profile(
                 with timer("resize_cpu"):
                     out = _resize_probs(out, T)
             with timer("write"):
-                q = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+                if out.dtype == np.uint8:  # quantised on the device (FastPredictor)
+                    q = out
+                else:
+                    q = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
                 for b, k in enumerate(batch):
                     i, j = grid.index(k)
                     arr[i, j] = q[b]

@@ -371,23 +371,33 @@ def test_fast_predictor_matches_the_predictor(model_path, tmp_path):
     rgb = synthetic_slide(3, (128, 128))
     same = np.stack([rgb[:64, :64], rgb[64:, 64:]])
     ref = pred.predict_batch(same, PROMPTS)
-    got = FastPredictor(pred, 64).predict_batch(same, PROMPTS)
+    got = FastPredictor(pred, 64, output="float32").predict_batch(same, PROMPTS)
     assert got.shape == ref.shape == (2, 2, 64, 64)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+    q = FastPredictor(pred, 64).predict_batch(same, PROMPTS)  # round(255 p) on the device
+    assert q.dtype == np.uint8 and q.shape == ref.shape
+    d = np.abs(q.astype(int) - np.rint(ref * 255).astype(int))
+    assert d.max() <= 1 and (d == 0).mean() > 0.99
     # tiles of 128 px resized on the device vs PIL on the CPU + probabilities resized back
     from PIL import Image
 
     small = np.asarray(Image.fromarray(rgb).resize((64, 64), Image.Resampling.BILINEAR))
     ref128 = _resize_probs(pred.predict_batch(small[None], PROMPTS), 128)
-    got128 = FastPredictor(pred, 128).predict_batch(rgb[None], PROMPTS)
+    got128 = FastPredictor(pred, 128, output="float32").predict_batch(rgb[None], PROMPTS)
     assert got128.shape == (1, 2, 128, 128)
     assert np.abs(got128 - ref128).mean() < 0.02
     with pytest.raises(ValueError, match="uint8"):
         FastPredictor(pred, 128).predict_batch(rgb[None, :64, :64], PROMPTS)
     assert auto_batch_size(pred, PROMPTS, default=3) == 3  # no CUDA: the default
-    res = process_slide(synthetic_slide(5, (256, 256)), tmp_path / "f.zarr",
-                        model=FastPredictor(pred, 64), **RUN)  # fmt: skip
+    img = synthetic_slide(5, (256, 256))
+    res = process_slide(img, tmp_path / "f.zarr", model=FastPredictor(pred, 64), **RUN)
     assert res.params["input_size"] == 64 and res.summary["tiles_processed"] > 0
+    # the engine stores uint8 tiles as they are: same result as from float probabilities
+    res32 = process_slide(img, tmp_path / "g.zarr", **RUN,
+                          model=FastPredictor(pred, 64, output="float32"))  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(res.probs), np.asarray(res32.probs))
+    with pytest.raises(ValueError, match="output"):
+        FastPredictor(pred, 64, output="float16")
 
 
 def test_process_slides_with_fewer_slides_than_workers_spreads_tiles(
