@@ -209,9 +209,12 @@ def write_doc(section: str, device_kind: str) -> None:
         text = pre + BEGIN + body + END + post
     else:
         intro = (
-            "\n## Model (issue 3)\n\nProduced by `benchmarks/bench_model.py`. Goal: 4 prompts on "
-            "one image cost at most 1.3 x one prompt (the image is encoded once; all prompts "
-            "share one batched decoder pass).\n"
+            "\n## Model (issue 3): BiomedParse v1 forward (`Predictor`)\n\nProduced by "
+            "`benchmarks/bench_model.py` (random weights; timings do not depend on them). Goal: "
+            "4 prompts on one image cost at most 1.3 x one prompt (the image is encoded once; "
+            "all prompts share one batched decoder pass). CUDA figures (fp32, bf16, "
+            "torch.compile): `python benchmarks/bench_model.py --device cuda --config v1 "
+            "--dtypes fp32,bf16 --compile`; each device keeps its own table below.\n"
         )
         text = text.rstrip("\n") + f"\n\n{BEGIN}{intro}{block}{END}\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
