@@ -1004,7 +1004,7 @@ class FastPredictor:
                 else:
                     x = x.to(p.device)
             with self._t("preprocess"):  # resize + normalisation, on the device
-                x = x.permute(0, 3, 1, 2).float()
+                x = x.permute(0, 3, 1, 2).contiguous().float()
                 if T != S:
                     x = F.interpolate(
                         x, size=(S, S), mode="bilinear", align_corners=False, antialias=S < T
