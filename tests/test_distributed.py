@@ -130,16 +130,17 @@ def assert_same(res, ref):
 
 
 def test_two_workers_identical_to_single_process(client, model_path, slides, reference, tmp_path):
-    calls = []
+    calls, threads = [], set()
     res = process_slide(
         slides[0],
         tmp_path / "d.zarr",
         model=str(model_path),
         device="cpu",
         client=client,
-        progress=lambda d, t, m: calls.append((d, t, m)),
+        progress=lambda d, t, m: calls.append((d, t, m)) or threads.add(threading.get_ident()),
         **RUN,
     )
+    assert threads == {threading.get_ident()}  # called in the caller's thread (GUI-safe)
     assert_same(res, reference[0])
     assert res.summary["tiles_processed"] > 20 and res.summary["tiles_skipped"] > 0
     # both workers did tiles, each loaded the model once (plugin), progress reached the caller
@@ -247,16 +248,17 @@ def test_processes_writing_one_store_never_corrupt_it(model_path, slides, refere
 
 
 def test_process_slides_whole_slides_on_workers(client, model_path, slides, reference, tmp_path):
-    calls = []
+    calls, threads = [], set()
     res = process_slides(
         slides,
         tmp_path / "out",
         model=str(model_path),
         device="cpu",
         client=client,
-        progress=lambda d, t, m: calls.append((d, t, m)),
+        progress=lambda d, t, m: calls.append((d, t, m)) or threads.add(threading.get_ident()),
         **RUN,
     )
+    assert threads == {threading.get_ident()}
     assert list(res) == [str(s) for s in slides]
     for s, ref in zip(slides, reference):
         r = res[str(s)]
