@@ -280,6 +280,58 @@ def test_cancel_then_resume_is_identical_and_parameters_guarded(tmp_path):
     assert res2.class_names == ["nuclei", "other"] and res2.path == out
 
 
+def test_cancel_in_later_stages_then_resume_is_identical(tmp_path, monkeypatch):
+    import napari_biomedparse.slide.engine as engine
+
+    monkeypatch.setattr(engine, "CHUNK", 256)  # 3 x 3 blocks on this slide
+    ref = _quick(CMU, tmp_path / "ref.zarr")
+    out = tmp_path / "run.zarr"
+    seen = []
+    for stage in ("blending 4/", "instances 3/", "labels 5/"):
+        cancel = threading.Event()
+
+        def progress(done, total, msg, stage=stage, cancel=cancel):
+            seen.append(msg)
+            if msg.startswith(stage):
+                cancel.set()
+
+        with pytest.raises(RunCancelled):
+            _quick(CMU, out, progress=progress, cancel=cancel)
+        assert partial_path(out).exists()
+    assert any(m.startswith("labels 5/9") for m in seen)
+    res = _quick(CMU, out)
+    np.testing.assert_array_equal(np.asarray(res.probs), np.asarray(ref.probs))
+    for a, b in zip(res.labels, ref.labels, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    pd.testing.assert_frame_equal(res.table, ref.table)
+    pd.testing.assert_frame_equal(res.outlines, ref.outlines)
+
+
+def test_process_slides_continues_after_a_bad_slide(tmp_path):
+    from napari_biomedparse.slide.engine import process_slides
+
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 64)
+    small = ROOT / "tests/data/openslide_fixtures/small.svs"
+    with pytest.warns(UserWarning):
+        out = process_slides(
+            [bad, small],
+            tmp_path / "out",
+            on_error="continue",
+            model=StainPredictor(128),
+            prompts=["nuclei"],
+            tile_size=128,
+            overlap=16,
+            tissue_mask=False,
+            instances="components",
+        )
+    assert isinstance(out[str(bad)], SlideReadError)
+    assert isinstance(out[str(small)], SlideResult)
+    assert (tmp_path / "out" / "small.svs.biomedparse.zarr").exists()
+    with pytest.raises(SlideReadError):
+        process_slides([bad], tmp_path / "out2", model=StainPredictor(128))
+
+
 # -- bad inputs --------------------------------------------------------------------------------
 
 

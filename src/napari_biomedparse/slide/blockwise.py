@@ -148,14 +148,17 @@ def components(mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
     return lab.astype(np.int32, copy=False)
 
 
-def split_labeller(mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
-    """Labeller that separates touching objects with the inference layer's
-    ``split_instances`` (falls back to connected components if that is unavailable)."""
-    try:
+def split_labeller(radius: float | None = None) -> Callable:
+    """A labeller that separates touching objects with the inference layer's
+    ``split_instances`` at a fixed object ``radius`` in pixels (None: estimated per window,
+    which then depends slightly on the window)."""
+
+    def labeller(mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
         from napari_biomedparse.inference.instances import split_instances
-    except ImportError:
-        return components(mask, prob)
-    return np.asarray(split_instances(mask, prob), dtype=np.int32)
+
+        return np.asarray(split_instances(mask, prob, radius=radius), dtype=np.int32)
+
+    return labeller
 
 
 def label_window(

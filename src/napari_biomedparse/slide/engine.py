@@ -38,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from .blockwise import BlockLayout, BlockRecord, components, label_block, paint_block
+from .blockwise import (
+    BlockLayout,
+    BlockRecord,
+    components,
+    label_block,
+    paint_block,
+    split_labeller,
+)
 from .readers import SlideImage, SlideReadError, open_image
 from .stitching import blend_chunks
 from .store import (
@@ -682,7 +689,7 @@ def process_slide(
         labeller = components
         if instances == "split":
             # nuclei radius ~3.5 um; without a physical pixel size split_instances estimates it
-            labeller = _split_labeller(3.5 / target_mpp if physical else None)
+            labeller = split_labeller(3.5 / target_mpp if physical else None)
         bdir = partial_path(out) / "blocks"
         bdir.mkdir(exist_ok=True)
         classes_arr, probs_arr = group["classes/0"], group["probs/0"]
@@ -766,6 +773,8 @@ def process_slide(
     meta.update({"status": "complete", "summary": summary})
     write_meta(group, meta)
     final = finalize_store(out, overwrite=overwrite)
+    if not isinstance(source, SlideImage):
+        image.close()  # a folder of slides must not accumulate open handles and caches
     if progress is not None:
         progress(prog.total, prog.total, "done")
     return SlideResult.open(final)
@@ -776,17 +785,6 @@ def _relabel(cb, word):
         cb(done, total, f"{word} {done}/{total}")
 
     return f
-
-
-def _split_labeller(radius_px: float):
-    def labeller(mask, prob=None):
-        try:
-            from napari_biomedparse.inference.instances import split_instances
-        except ImportError:  # pragma: no cover - the inference layer ships with the package
-            return components(mask, prob)
-        return np.asarray(split_instances(mask, prob, radius=radius_px), dtype=np.int32)
-
-    return labeller
 
 
 def _table_schemas():

@@ -125,6 +125,16 @@ class SlideImage:
                 best = i
         return best
 
+    def close(self) -> None:
+        """Release the file handle (and OpenSlide's tile cache) of an OpenSlide source; the
+        levels stay usable and reopen the file when read again."""
+        if (
+            self.path
+            and self.direct
+            and any(d is not None and isinstance(d[0], _OpenSlideLevel) for d in self.direct)
+        ):
+            _OpenSlideLevel.close_path(self.path)
+
     def read_region(
         self, y0: int, x0: int, h: int, w: int, level: int = 0, fill: int | float = 0
     ) -> np.ndarray:
@@ -170,6 +180,14 @@ class _OpenSlideLevel:
         self.downsample = float(downsample)
         self.offset = tuple(int(o) for o in offset)
         self.background = tuple(int(b) for b in background)
+
+    @classmethod
+    def close_path(cls, path: str) -> None:
+        """Close this process's OpenSlide handle of ``path`` (reopened on the next read)."""
+        with cls._lock:
+            h = cls._handles.pop(str(path), None)
+        if h is not None:
+            h.close()
 
     def _slide(self):
         import openslide
