@@ -157,3 +157,19 @@ def test_bad_inputs_have_clear_messages(tmp_path):
         open_image(np.zeros((2, 3, 4, 5), np.uint8))
     with pytest.raises(ValueError, match="positive"):
         open_image(np.zeros((8, 8), np.uint8), mpp=-1)
+
+
+def test_tiff_based_slides_without_openslide(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openslide", None)  # as if openslide were not installed
+    img = open_image(CMU)
+    assert img.format == "tiff" and img.mpp == pytest.approx(0.499)
+    assert img.shape == (2967, 2220)
+    monkeypatch.undo()
+    ref = open_image(CMU).read_region(1000, 800, 200, 200)
+    got = img.read_region(1000, 800, 200, 200)
+    assert np.abs(got.astype(int) - ref.astype(int)).mean() < 2  # same JPEG tiles
+    monkeypatch.setitem(sys.modules, "openslide", None)
+    with pytest.raises(SlideReadError, match="needs openslide-python"):
+        open_image(FIX / "boxes_0.dcm")

@@ -571,6 +571,15 @@ def _open_path(path: Path, chunk: int) -> SlideImage:
     if path.stat().st_size == 0:
         raise SlideReadError(f"{path}: the file is empty (0 bytes).")
     is_ome = name.endswith((".ome.tif", ".ome.tiff"))
+    try:
+        import openslide  # noqa: F401
+    except ImportError:  # openslide-python / openslide-bin missing: TIFF-based files only
+        if name.endswith(TIFF_SUFFIXES + (".svs", ".ndpi", ".scn", ".bif", ".svslide")):
+            return _open_tifffile(path, chunk)
+        raise SlideReadError(
+            f"{path}: reading this format needs openslide-python and openslide-bin "
+            "(pip install openslide-python openslide-bin)"
+        ) from None
     if name.endswith(TIFF_SUFFIXES) and not is_ome:
         # pyramidal / vendor TIFFs (svs-like, generic tiled) read best through OpenSlide
         import openslide
