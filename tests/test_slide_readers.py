@@ -173,3 +173,22 @@ def test_tiff_based_slides_without_openslide(monkeypatch):
     monkeypatch.setitem(sys.modules, "openslide", None)
     with pytest.raises(SlideReadError, match="needs openslide-python"):
         open_image(FIX / "boxes_0.dcm")
+
+
+def test_corrupt_tiles_fail_on_read_with_clear_message(tmp_path):
+    _pyramid_tiff(tmp_path / "p.ome.tif", ome=True)
+    data = bytearray((tmp_path / "p.ome.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "p.ome.tif") as tif:
+        page = tif.pages[0]
+        off, n = page.dataoffsets[0], page.databytecounts[0]
+    data[off : off + n] = b"\xff" * n  # the first zlib tile no longer decodes
+    (tmp_path / "b.ome.tif").write_bytes(bytes(data))
+    img = open_image(tmp_path / "b.ome.tif")  # metadata is intact
+    img.read_region(300, 300, 64, 64)  # other tiles still read
+    with pytest.raises(SlideReadError, match="truncated or corrupt"):
+        img.read_region(0, 0, 64, 64)
+    # a damaged header is refused on open
+    data[8:64] = b"\x00" * 56
+    (tmp_path / "h.ome.tif").write_bytes(bytes(data))
+    with pytest.raises(SlideReadError, match="corrupt"):
+        open_image(tmp_path / "h.ome.tif").read_region(0, 0, 64, 64)

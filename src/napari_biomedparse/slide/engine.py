@@ -883,7 +883,9 @@ class SlideResult:
 
     ``table``: one row per object, level-0 pixel coordinates (pixel centres at integers;
     bbox as [y0, y1) x [x0, x1) in level-0 pixels), ``area`` in level-0 pixels,
-    ``area_um2`` in square microns. ``labels`` / ``classes``: multiscale lists of lazy dask
+    ``area_um2`` in square microns, ``score`` = ``mean_prob`` = mean probability of the
+    object's class over its pixels; ``p_value`` is NaN (the existence test is image-level
+    and does not tile; see ``stitching`` for the class rule). ``labels`` / ``classes``: multiscale lists of lazy dask
     arrays ``(H_l, W_l)`` at the target resolution subsampled by ``2**l``; to overlay them on
     the slide in napari use ``scale = (result.scale * 2**l,) * 2`` in level-0 pixels.
     """

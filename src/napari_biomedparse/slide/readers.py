@@ -148,11 +148,20 @@ class SlideImage:
         ys, ye = max(y0, 0), min(y0 + h, H)
         xs, xe = max(x0, 0), min(x0 + w, W)
         if ye > ys and xe > xs:
-            if self.direct is not None and self.direct[level] is not None:
-                src, axes = self.direct[level]
-                block = read_axes(src, axes, ys, ye, xs, xe)[..., : arr.shape[2]]
-            else:
-                block = np.asarray(arr[ys:ye, xs:xe].compute(scheduler="synchronous"))
+            try:
+                if self.direct is not None and self.direct[level] is not None:
+                    src, axes = self.direct[level]
+                    block = read_axes(src, axes, ys, ye, xs, xe)[..., : arr.shape[2]]
+                else:
+                    block = np.asarray(arr[ys:ye, xs:xe].compute(scheduler="synchronous"))
+            except SlideReadError:
+                raise
+            except Exception as exc:  # decoder / file errors deep inside tifffile or zarr
+                raise SlideReadError(
+                    f"could not read pixels from {self.path or 'the image'} (level {level}, "
+                    f"y={ys}, x={xs}): {type(exc).__name__}: {exc}. The file may be truncated "
+                    "or corrupt."
+                ) from exc
             out[ys - y0 : ye - y0, xs - x0 : xe - x0] = block
         return out
 
@@ -406,25 +415,27 @@ def _open_tifffile(path: Path, chunk: int) -> SlideImage:
     try:
         tif = tifffile.TiffFile(str(path))
         series = tif.series[0]
+        if "Y" not in series.axes or "X" not in series.axes:
+            raise ValueError(f"no image plane in the first series (axes {series.axes!r})")
         store = series.aszarr()
         z = zarr.open(store, mode="r")
+        if isinstance(z, zarr.Array):
+            arrays = [z]
+        else:
+            arrays = [z[str(i)] for i in range(len(series.levels))]
+        levels, direct = [], []
+        for a in arrays:
+            d = da.from_zarr(a)
+            direct.append((a, series.axes))
+            d = _to_yxc(d, series.axes)
+            if d.chunksize[0] < chunk or d.chunksize[1] < chunk:
+                d = d.rechunk((min(chunk, d.shape[0]), min(chunk, d.shape[1]), d.shape[2]))
+            levels.append(d)
     except Exception as exc:
         raise SlideReadError(
             f"{path}: could not read as TIFF ({type(exc).__name__}: {exc}); the file may be "
             "truncated, corrupt or not a TIFF."
         ) from exc
-    if isinstance(z, zarr.Array):
-        arrays = [z]
-    else:
-        arrays = [z[str(i)] for i in range(len(series.levels))]
-    levels, direct = [], []
-    for a in arrays:
-        d = da.from_zarr(a)
-        direct.append((a, series.axes))
-        d = _to_yxc(d, series.axes)
-        if d.chunksize[0] < chunk or d.chunksize[1] < chunk:
-            d = d.rechunk((min(chunk, d.shape[0]), min(chunk, d.shape[1]), d.shape[2]))
-        levels.append(d)
     mpp = _tiff_mpp(tif, series.pages[0] if series.pages else tif.pages[0])
     return SlideImage(
         levels=levels,
