@@ -693,8 +693,8 @@ def process_slide(
         bdir = partial_path(out) / "blocks"
         bdir.mkdir(exist_ok=True)
         classes_arr, probs_arr = group["classes/0"], group["probs/0"]
-        for b in range(n_blocks):
-            prog.check()
+
+        def one_block(b):
             f = bdir / f"b_{b}.npz"
             if not f.exists():
                 rec = label_block(
@@ -709,8 +709,21 @@ def process_slide(
                     labeller=labeller,
                 )
                 save_npz_atomic(f, **rec.to_arrays())
-            if progress is not None:
-                progress(prog.base + b + 1, prog.total, f"instances {b + 1}/{n_blocks}")
+
+        # blocks are independent (each writes its own record): a few worker threads (the
+        # labelling libraries release the GIL for much of their work); bounded in flight
+        n_done = 0
+        with ThreadPoolExecutor(max(1, readers), thread_name_prefix="nbp-blocks") as pool:
+            todo_blocks = collections.deque(range(n_blocks))
+            running: collections.deque = collections.deque()
+            while todo_blocks or running:
+                while todo_blocks and len(running) < 2 * max(1, readers):
+                    prog.check()
+                    running.append(pool.submit(one_block, todo_blocks.popleft()))
+                running.popleft().result()
+                n_done += 1
+                if progress is not None:
+                    progress(prog.base + n_done, prog.total, f"instances {n_done}/{n_blocks}")
         prog.advance(n_blocks)
         counts, boxes = [], []
         for b in range(n_blocks):
