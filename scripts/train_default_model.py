@@ -66,7 +66,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    from napari_biomedparse.training.default_model import NAME, datasets, default_config
+    from napari_biomedparse.training.default_model import (
+        NAME,
+        PATHOLOGY_MPP,
+        datasets,
+        default_config,
+    )
     from napari_biomedparse.training.finetune import finetune
 
     train, held = datasets()
@@ -100,6 +105,7 @@ def main(argv=None) -> int:
         half=not args.float32,
         max_seconds=args.max_seconds,
         amp=args.amp,
+        mpp=PATHOLOGY_MPP,  # metadata["inference"]: tiled, 256 px tiles at 0.5 um/px
         progress=progress,
         log_every=50,
     )
@@ -131,16 +137,20 @@ def refit_existence(args, train) -> int:
 
     from napari_biomedparse.hub import load_model
     from napari_biomedparse.training.data import TileSampler
+    from napari_biomedparse.training.default_model import PATHOLOGY_MPP
     from napari_biomedparse.training.finetune import (
         fit_existence_statistics,
         resolve_device,
         save_model,
+        tiled_inference,
     )
 
     torch.manual_seed(args.seed)
     model = load_model(args.out).to(resolve_device(args.device))
     sampler = TileSampler(train, tile_size=model.config.input_size, seed=args.seed)
     model.metadata["target_dist"] = fit_existence_statistics(model, sampler, n_tiles=64)
+    if not model.metadata.get("inference"):
+        model.metadata["inference"] = tiled_inference(model.config.input_size, PATHOLOGY_MPP)
     save_model(model.cpu(), args.out, half=not args.float32)
     print(f"refitted target_dist of {args.out}: {sorted(model.metadata['target_dist'])}")
     return 0

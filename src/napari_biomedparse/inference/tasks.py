@@ -11,10 +11,20 @@ a leading Z axis makes a 3-D stack ((Z, H, W) or (Z, H, W, C)), processed slice 
 (lazily when it is a dask array, for :func:`segment`). numpy, dask, or anything
 ``np.asarray`` accepts (a napari layer's data).
 
-Per image the modality preset is applied (:func:`~.preprocessing.preprocess`), the model runs
-at its input size, the existence test is computed there exactly as in the official notebooks
-(on the preprocessed square image), and probabilities are mapped back to the input's grid
-(:func:`~.preprocessing.unpad`).
+How the model is applied depends on what its metadata declares (:mod:`.tiled`):
+
+- whole-image (no ``metadata["inference"]``, or mode "whole": BiomedParse v1): per image the
+  modality preset is applied (:func:`~.preprocessing.preprocess`: intensity, pad to square,
+  resize to the input size), the model runs at its input size, the existence test is computed
+  there exactly as in the official notebooks (on the preprocessed square image), and
+  probabilities are mapped back to the input's grid (:func:`~.preprocessing.unpad`).
+- tiled (mode "tiled", models trained on tiles such as the bundled default model): only the
+  intensity part of the preset is applied (:func:`~.preprocessing.to_rgb_uint8`), the image
+  is predicted in overlapping tiles at its own resolution (:func:`~.tiled.predict_tiled`,
+  needs ``predictor.predict_batch``), after rescaling it to the model's ``mpp`` when the caller
+  gives the image's ``mpp`` (probabilities resized back); the existence test is computed once
+  per prompt on the whole image at its native resolution (RGB and probabilities of the input's
+  size), not per tile.
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ import pandas as pd
 from .existence import DEFAULT_P_THRESHOLD, TargetDistribution, existence_p_values
 from .instances import TABLE_COLUMNS, instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
-from .preprocessing import as_channels_last, preprocess, unpad
+from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
 from .recognition import recognize_maps
 from .results import Detection, Recognition
+from .tiled import inference_spec, predict_tiled, rescale_factor, rescale_rgb, resize_probs
 
 __all__ = ["detect", "recognize", "segment"]
 
@@ -138,6 +149,47 @@ def _run_2d(predictor, image2d, prompts, it, channels, joint):
     return rgb, probs_sq, info
 
 
+def _tiled_spec(predictor) -> dict | None:
+    """The model's tiled-inference settings (None: official whole-image semantics)."""
+    spec = inference_spec(_model(predictor))
+    if spec is not None and not hasattr(predictor, "predict_batch"):
+        raise TypeError(
+            "the model declares tiled inference (metadata['inference']) but the predictor has no "
+            "predict_batch(tiles, prompts); use napari_biomedparse.Predictor"
+        )
+    return spec
+
+
+def _native_rgb(predictor, image2d, it, channels) -> np.ndarray:
+    """Tiled mode: the intensity part of the preset only, at the image's own size."""
+    arr = np.asarray(image2d)
+    if arr.ndim < 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"the image is empty: an array of shape {arr.shape}")
+    return to_rgb_uint8(arr, it, channels=channels)
+
+
+def _tiled_probs(predictor, rgb, prompts, spec, joint, mpp) -> np.ndarray:
+    """Tiled mode: (P, H, W) at ``rgb``'s size; rescaled to the model's mpp and back when the
+    image's ``mpp`` is given."""
+    f = rescale_factor(mpp, spec["mpp"])
+    x = rescale_rgb(rgb, f) if f else rgb
+    probs = predict_tiled(
+        predictor, x, prompts, tile_size=spec["tile_size"], overlap=spec["overlap"], joint=joint
+    )
+    return resize_probs(probs, rgb.shape[:2]) if f else probs
+
+
+def _predict_2d(predictor, image2d, prompts, it, channels, joint, mpp=None):
+    """(rgb, probs the existence test sees, probs (P, H, W) at the input's size)."""
+    spec = _tiled_spec(predictor)
+    if spec is None:
+        rgb, probs_sq, info = _run_2d(predictor, image2d, prompts, it, channels, joint)
+        return rgb, probs_sq, unpad(probs_sq, info)
+    rgb = _native_rgb(predictor, image2d, it, channels)
+    probs = _tiled_probs(predictor, rgb, prompts, spec, joint, mpp)
+    return rgb, probs, probs
+
+
 # --------------------------------------------------------------------------- segment
 
 
@@ -152,8 +204,14 @@ def segment(
     channel_axis: int | None = None,
     is_3d: bool | None = None,
     joint: bool = False,
+    mpp: float | None = None,
 ):
     """Probability map per text prompt, at the input's size.
+
+    Whole-image models (BiomedParse v1) see the image padded to a square and resized to their
+    input size (official semantics); models whose metadata declares tiled inference (the
+    bundled default model) see it in overlapping tiles at its own resolution, rescaled to the
+    model's pixel size first when ``mpp`` is given (see the module docstring).
 
     Args:
         predictor: see the module docstring.
@@ -167,6 +225,9 @@ def segment(
             ((Z, H, W) when the last axis is longer than 4 and no ``channels`` are given).
         joint: run all prompts in one coupled call (official ``interactive_infer_image`` with a
             prompt list); default False = one prompt per call, image encoded once.
+        mpp: the image's pixel size in microns; used only by tiled models that declare their
+            own ``mpp`` (the image is rescaled to it and the probabilities back); ignored by
+            whole-image models.
 
     Returns:
         float32 (P, H, W) probabilities in [0, 1]; (P, Z, H, W) for a stack (a dask array,
@@ -177,12 +238,10 @@ def segment(
     image, lazy = _prepare(image, channel_axis)
     if not _is_stack(tuple(image.shape), channels, is_3d):
         arr = np.asarray(image)
-        _, probs_sq, info = _run_2d(predictor, arr, prompts, it, channels, joint)
-        return unpad(probs_sq, info)
+        return _predict_2d(predictor, arr, prompts, it, channels, joint, mpp)[2]
 
     def one(slice2d):
-        _, probs_sq, info = _run_2d(predictor, np.asarray(slice2d), prompts, it, channels, joint)
-        return unpad(probs_sq, info)
+        return _predict_2d(predictor, np.asarray(slice2d), prompts, it, channels, joint, mpp)[2]
 
     z, h, w = image.shape[:3]
     if lazy:
@@ -236,9 +295,8 @@ def _detect_2d(
     mpp,
     start=0,
 ):
-    rgb, probs_sq, info = _run_2d(predictor, arr, prompts, it, channels, joint)
+    rgb, probs_sq, probs = _predict_2d(predictor, arr, prompts, it, channels, joint, mpp)
     pv = existence_p_values(rgb, probs_sq, it, prompts, td)
-    probs = unpad(probs_sq, info)
     testable = ~np.isnan(pv)
     nonempty = (probs > mask_threshold).reshape(len(prompts), -1).any(1)
     if p_threshold:
@@ -310,7 +368,8 @@ def detect(
 
     Every prompt is segmented (:func:`segment`) and tested with the official existence test
     (adjusted p-value, :func:`~.existence.existence_p_value`) on the preprocessed image, as the
-    official notebooks do. A prompt with p-value below ``p_threshold`` is marked absent; a
+    official notebooks do (tiled models: once per prompt on the whole image at its native
+    resolution). A prompt with p-value below ``p_threshold`` is marked absent; a
     prompt whose target has no statistics is run and reported as not testable (p-value NaN,
     kept). Instances of present objects are split from their mask
     (:func:`~.instances.split_instances`) and measured.
@@ -324,7 +383,8 @@ def detect(
             official v1 statistics), a :class:`~.existence.TargetDistribution`, a dict, a path.
         min_size, min_distance: instance splitting parameters in pixels (None = size-aware
             defaults); ``split_params`` passes any other :func:`split_instances` argument.
-        mpp: pixel size in microns (fills ``area_um2``).
+        mpp: pixel size in microns (fills ``area_um2``; a tiled model with its own ``mpp`` sees
+            the image rescaled to it, as in :func:`segment`).
 
     Returns:
         :class:`~.results.Detection`.
@@ -432,10 +492,25 @@ def _predict_batches(predictor, rgb, targets, batch_size: int) -> np.ndarray:
 def _recognize_2d(
     predictor, arr, targets, it, channels, td, p_threshold, batch_size, kw, mpp, start=0
 ):
-    rgb, info = preprocess(np.asarray(arr), it, channels=channels, size=_input_size(predictor))
-    probs_sq = _predict_batches(predictor, rgb, targets, batch_size)
-    pv = existence_p_values(rgb, probs_sq, it, targets, td)
-    probs = unpad(probs_sq, info)
+    spec = _tiled_spec(predictor)
+    if spec is None:
+        rgb, info = preprocess(np.asarray(arr), it, channels=channels, size=_input_size(predictor))
+        probs_sq = _predict_batches(predictor, rgb, targets, batch_size)
+        pv = existence_p_values(rgb, probs_sq, it, targets, td)
+        probs = unpad(probs_sq, info)
+    else:
+        rgb = _native_rgb(predictor, arr, it, channels)
+        # batch_size 1: every target decoded alone (joint=False), all in one pass per tile
+        step = len(targets) if batch_size == 1 else batch_size
+        batches = [targets[i : i + step] for i in range(0, len(targets), step)]
+        probs = np.concatenate(
+            [
+                _tiled_probs(predictor, rgb, b, spec, batch_size > 1 and len(b) > 1, mpp)
+                for b in batches
+            ],
+            axis=0,
+        )
+        pv = existence_p_values(rgb, probs, it, targets, td)
     class_map, kept = recognize_maps(probs, targets, pv, p_threshold)
     labels, table = instances_from_class_map(
         class_map, probs, targets, p_values=pv, mpp=mpp, start=start, **kw
@@ -464,7 +539,9 @@ def recognize(
     """Every object of every target of the modality, as classified instances.
 
     The official ``interactive_infer_image_all`` rules: every target is segmented (``batch_size``
-    prompts per model call, official default 1), targets with existence p-value below
+    prompts per model call, official default 1; whole image resized to the input size, or in
+    tiles at the image's own resolution for models that declare tiled inference, as in
+    :func:`segment`; the existence test then uses the whole image at native resolution), targets with existence p-value below
     ``p_threshold`` are dropped, overlapping targets suppressed in p-value order, and the
     remaining maps combined pixel-wise into a class map (:func:`~.recognition.recognize_maps`).
     Each class region is then split into instances (:func:`~.instances.split_instances`).
@@ -477,7 +554,8 @@ def recognize(
         target_dist: as in :func:`detect`.
         batch_size: prompts per model call (coupled in one call, as the official batches).
         min_size, min_distance, split_params: instance splitting parameters (pixels).
-        mpp: pixel size in microns (fills ``area_um2``).
+        mpp: pixel size in microns (fills ``area_um2``; a tiled model with its own ``mpp`` sees
+            the image rescaled to it, as in :func:`segment`).
 
     Returns:
         :class:`~.results.Recognition` (labels, classes, class_names, kept, table, probs,

@@ -36,7 +36,9 @@ class BiomedParse(nn.Module):
     Attributes:
         config: the :class:`BiomedParseConfig`.
         metadata: dict with ``name`` (str), ``target_dist`` (dict modality -> target -> 4 x
-            [a, b], or None), ``vocabulary`` (dict modality -> list of prompts, or None).
+            [a, b], or None), ``vocabulary`` (dict modality -> list of prompts, or None),
+            optionally ``inference`` (how to apply the model, e.g. ``{"mode": "tiled",
+            "tile_size": 256, "overlap": 32, "mpp": 0.5}``; absent = whole-image, as v1).
 
     Typical use: ``feats = model.encode_image(images)``; ``text = model.encode_text(prompts)``;
     ``out = model.decode(feats, text)``; the :class:`~napari_biomedparse.inference.predictor.

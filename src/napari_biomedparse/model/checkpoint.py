@@ -5,7 +5,10 @@
   mmap=True)`` so that the 1.4 GB file is mapped, not copied, and loaded into a model built on
   the meta device by assignment (peak memory about one copy of the weights).
 * Our checkpoints: safetensors, with the :class:`BiomedParseConfig` JSON and the model metadata
-  (name, target_dist, vocabulary) in the header, so that a file rebuilds its own model.
+  (name, target_dist, vocabulary, inference) in the header, so that a file rebuilds its own
+  model. ``inference`` says how the model is applied (e.g. ``{"mode": "tiled", "tile_size":
+  256, "overlap": 32, "mpp": 0.5}`` for a model trained on tiles; absent = the official
+  whole-image semantics), see :mod:`napari_biomedparse.inference.tiled`.
 
 The released file may also hold the weights of an unused BiomedBERT text encoder
 (``sem_seg_head.predictor.lang_encoder.biomed_encoder.*``, about 110 M parameters); those keys are
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 #: Keys with these prefixes are ignored (weights of modules BiomedParse v1 never uses).
 SKIPPED_PREFIXES = ("sem_seg_head.predictor.lang_encoder.biomed_encoder.",)
 CONFIG_KEY = "napari_biomedparse.config"
-_META_KEYS = ("name", "target_dist", "vocabulary")
+_META_KEYS = ("name", "target_dist", "vocabulary", "inference")
 _OFFICIAL_HINT = (
     "the official BiomedParse v1 checkpoint (biomedparse_v1.pt from the Hugging Face repository "
     "microsoft/BiomedParse)"
@@ -101,7 +104,8 @@ def _unwrap(obj: Any, src: str) -> dict[str, torch.Tensor]:
 
 def read_checkpoint_metadata(source: str | os.PathLike) -> dict[str, Any]:
     """Header metadata of one of our safetensors files: ``config`` (BiomedParseConfig or None),
-    ``name``, ``target_dist``, ``vocabulary`` (decoded JSON or None). Empty for other files."""
+    ``name``, ``target_dist``, ``vocabulary``, ``inference`` (decoded JSON or None). Empty for
+    other files."""
     path = Path(source)
     if not _is_safetensors(path):
         return {}
@@ -246,7 +250,7 @@ def load_checkpoint(
     second copy); otherwise the values are copied into the existing parameters. Keys of the
     unused BiomedBERT encoder are skipped (logged). For our safetensors files the stored
     configuration must equal ``model.config`` and the stored metadata (name, target_dist,
-    vocabulary) is copied to ``model.metadata``.
+    vocabulary, inference) is copied to ``model.metadata``.
 
     Raises:
         FileNotFoundError: no such file.
@@ -300,7 +304,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` as safetensors with its configuration and metadata in the header.
 
-    ``metadata`` (name, target_dist, vocabulary) overrides ``model.metadata``. The file is
+    ``metadata`` (name, target_dist, vocabulary, inference) overrides ``model.metadata``. The file is
     written atomically (temporary file, then rename). Returns the path.
     """
     from safetensors.torch import save_file

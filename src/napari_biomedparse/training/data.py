@@ -656,14 +656,8 @@ def process_pool(sampler: TileSampler, workers: int):
 
 
 def tiles_covering(shape: tuple[int, int], tile: int, overlap: int = 32) -> list[tuple[int, int]]:
-    """Origins (y, x) of tiles of side ``tile`` that cover an (H, W) image with ``overlap``."""
-    h, w = shape
+    """Origins (y, x) of tiles of side ``tile`` that cover an (H, W) image with ``overlap``
+    (:func:`napari_biomedparse.inference.tiled.tile_origins`)."""
+    from napari_biomedparse.inference.tiled import tile_origins
 
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        step = tile - overlap
-        s = list(range(0, n - tile, step)) + [n - tile]
-        return sorted(set(s))
-
-    return [(y, x) for y in starts(h) for x in starts(w)]
+    return tile_origins(shape, tile, overlap)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig
-from .data import AnnotatedImage, TileSampler, as_annotated, tiles_covering
+from .data import AnnotatedImage, TileSampler, as_annotated
 from .losses import LossWeights, grounded_mask_loss
 from .target_dist import fit_target_dist, mask_stats
 
@@ -173,7 +173,6 @@ def _to_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(0, 3, 1, 2).float()
 
 
-@torch.no_grad()
 def predict_tiles(
     model: torch.nn.Module,
     rgb: np.ndarray,
@@ -186,42 +185,35 @@ def predict_tiles(
 ) -> np.ndarray:
     """Tiled prediction at the image's own pixel size (no resizing of the image).
 
-    Each prompt is decoded alone; the query with the highest similarity gives the mask (the
-    official selection), its logits are upsampled bilinearly to the tile and passed through a
-    sigmoid; overlapping tiles are averaged.
+    :func:`napari_biomedparse.inference.tiled.predict_tiled` (the inference layer's tiling,
+    also used by ``Predictor.segment`` for tiled models) on a model in any mode: each prompt
+    is decoded alone, the query with the highest similarity gives the mask (the official
+    selection), its logits are upsampled bilinearly to the tile and passed through a sigmoid;
+    overlapping tiles are blended with weights falling off over ``overlap`` px towards the
+    tile edges. The model's train/eval mode is restored afterwards.
 
     Args:
         rgb: (H, W, 3) uint8 (smaller images are zero-padded to one tile).
         prompts: P prompts.
+        tile_size: tile side (default: the model's ``input_size``).
 
     Returns:
         (P, H, W) float32 probabilities.
     """
+    from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.inference.tiled import predict_tiled
+
     dev = next(model.parameters()).device if device is None else resolve_device(device)
-    S = tile_size or model.config.input_size
-    h, w = rgb.shape[:2]
-    ph, pw = max(S - h, 0), max(S - w, 0)
-    img = np.pad(rgb, ((0, ph), (0, pw), (0, 0))) if (ph or pw) else rgb
-    H, W = img.shape[:2]
-    acc = np.zeros((len(prompts), H, W), np.float32)
-    cnt = np.zeros((H, W), np.float32)
-    origins = tiles_covering((H, W), S, overlap)
     was_training = model.training
-    model.eval()
-    for i in range(0, len(origins), batch_size):
-        chunk = origins[i : i + batch_size]
-        x = _to_input(np.stack([img[y : y + S, x0 : x0 + S] for y, x0 in chunk]), dev)
-        feats = model.encode_image(x)
-        out = model.decode(feats, model.encode_text(list(prompts)))
-        m = out["matched_masks"]  # (b, P, S/4, S/4) logits of the query each prompt picks
-        m = F.interpolate(m.float(), (S, S), mode="bilinear")
-        prob = torch.sigmoid(m).cpu().numpy()
-        for k, (y, x0) in enumerate(chunk):
-            acc[:, y : y + S, x0 : x0 + S] += prob[k]
-        for y, x0 in chunk:
-            cnt[y : y + S, x0 : x0 + S] += 1
-    model.train(was_training)
-    return (acc / np.maximum(cnt, 1))[:, :h, :w]
+    try:
+        pred = Predictor(model, device=dev)
+        # the network is fully convolutional: tiles of the training tile size are accepted
+        pred.input_size = int(tile_size or model.config.input_size)
+        return predict_tiled(
+            pred, np.asarray(rgb), list(prompts), overlap=overlap, batch_size=batch_size
+        )
+    finally:
+        model.train(was_training)
 
 
 def evaluate_dice(
@@ -371,6 +363,7 @@ def finetune(
     half: bool = False,
     max_seconds: float | None = None,
     save_on_cancel: bool = True,
+    mpp: float | None = None,
 ) -> FinetuneResult:
     """Fine-tune a BiomedParse model on annotated images.
 
@@ -410,6 +403,11 @@ def finetune(
         max_seconds: wall-clock budget of the optimisation: training ends after ``steps`` or
             this many seconds, whichever comes first, and the learning-rate schedule follows
             whichever is further along (the run is then no longer deterministic).
+        mpp: pixel size of the training images in microns, stored in the checkpoint's
+            ``metadata["inference"]`` (default: the starting model's, if it declares one).
+            A model fine-tuned on tiles is applied in tiles: the checkpoint gets
+            ``{"mode": "tiled", "tile_size": <tile_size>, "overlap": 32, "mpp": mpp}``
+            (:mod:`napari_biomedparse.inference.tiled`).
 
     Returns:
         :class:`FinetuneResult`.
@@ -547,6 +545,7 @@ def finetune(
         "name": name,
         "target_dist": target_dist or None,
         "vocabulary": _vocabulary(train_images, base_meta.get("vocabulary")),
+        "inference": tiled_inference(S, mpp if mpp is not None else _base_mpp(base_meta)),
     }
     if out_path is not None:
         report(result.steps, f"saving {out_path}")
@@ -554,6 +553,19 @@ def finetune(
         report(result.steps, f"saved {out_path}")
     result.seconds = time.time() - t0
     return result
+
+
+def tiled_inference(tile_size: int, mpp: float | None = None, overlap: int = 32) -> dict:
+    """``metadata["inference"]`` of a model trained on tiles of ``tile_size`` px at ``mpp``."""
+    spec: dict[str, Any] = {"mode": "tiled", "tile_size": int(tile_size), "overlap": overlap}
+    if mpp:
+        spec["mpp"] = float(mpp)
+    return spec
+
+
+def _base_mpp(meta: dict) -> float | None:
+    spec = meta.get("inference")
+    return spec.get("mpp") if isinstance(spec, dict) and spec.get("mode") == "tiled" else None
 
 
 def _fmt(d: dict[str, float]) -> str:
