@@ -1036,6 +1036,8 @@ def process_slides(sources, out_dir, *, progress=None, cancel=None, on_error="ra
             **kwargs,
         )
     out_dir = Path(out_dir)
+    # load the model once for all slides
+    kwargs["model"] = resolve_predictor(kwargs.get("model", "default"), kwargs.get("device"))
     results: dict[str, Any] = {}
     for src in sources:
         name = Path(str(src)).name
