@@ -231,6 +231,22 @@ def test_tissue_mask_saved_and_background_tiles_skipped(tmp_path):
     assert len(res.labels) >= 2  # display pyramid
     lv1 = np.asarray(res.labels[1])
     np.testing.assert_array_equal(lv1, np.asarray(res.labels[0])[::2, ::2])
+    # the bounds offset (e.g. MIRAX) is added on request: OpenSlide's uncropped frame
+    from napari_biomedparse.slide.store import open_group, read_meta, write_meta
+
+    g = open_group(res.path, "r+")
+    meta = read_meta(g)
+    meta["offset"] = [100, 250]
+    write_meta(g, meta)
+    moved = SlideResult.open(res.path)
+    a = json.loads(moved.to_geojson(tmp_path / "a.geojson").read_text())["features"][0]
+    b = json.loads(moved.to_geojson(tmp_path / "b.geojson", include_offset=True).read_text())
+    b = b["features"][0]
+    ra, rb = (
+        np.asarray(a["geometry"]["coordinates"][0]),
+        np.asarray(b["geometry"]["coordinates"][0]),
+    )
+    np.testing.assert_allclose(rb - ra, np.broadcast_to([250, 100], ra.shape), atol=1e-3)
 
 
 # -- resume, overwrite, cancel -----------------------------------------------------------------
