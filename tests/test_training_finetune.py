@@ -101,6 +101,8 @@ def test_checkpoint_reloads_identically(tuned):
     assert res.path is not None and res.path.exists()
     loaded = load_model(str(res.path))
     assert loaded.metadata["name"] == "tiny-tuned"
+    # trained on 128 px tiles: applied in tiles (no mpp given, none inherited)
+    assert loaded.metadata["inference"] == {"mode": "tiled", "tile_size": 128, "overlap": 32}
     assert loaded.metadata["vocabulary"]["pathology"] == list(PROMPTS.values())
     td = loaded.metadata["target_dist"]["pathology"]
     assert set(td) <= set(PROMPTS.values()) and td
