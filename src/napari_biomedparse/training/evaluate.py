@@ -1,7 +1,8 @@
 """Held-out evaluation of a model against the classical baseline (model-card figures).
 
 For each held-out image: tiled prediction at the image's own pixel size (tiles of the model's
-input size, 32 px overlap, averaged; :func:`~.finetune.predict_tiles`), each prompt decoded
+input size, 32 px overlap, blended with weights falling off towards the tile edges;
+:func:`~.finetune.predict_tiles`, i.e. the inference layer's tiling), each prompt decoded
 alone, thresholded at 0.5:
 
 * Dice per prompt (the prompt's map vs the pixels of its class);
