@@ -173,9 +173,9 @@ def _tiled_probs(predictor, rgb, prompts, spec, joint, mpp) -> np.ndarray:
     image's ``mpp`` is given."""
     f = rescale_factor(mpp, spec["mpp"])
     x = rescale_rgb(rgb, f) if f else rgb
-    probs = predict_tiled(
-        predictor, x, prompts, tile_size=spec["tile_size"], overlap=spec["overlap"], joint=joint
-    )
+    # tiles of the model input size (what predict_batch takes); the declared tile_size records
+    # the training tiles, which may differ (the network is fully convolutional)
+    probs = predict_tiled(predictor, x, prompts, overlap=spec["overlap"], joint=joint)
     return resize_probs(probs, rgb.shape[:2]) if f else probs
 
 

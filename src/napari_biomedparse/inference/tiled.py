@@ -7,7 +7,9 @@ H&E field to 256 px shrinks its nuclei about 6 times. Such a model says so in it
 
     model.metadata["inference"] = {"mode": "tiled", "tile_size": 256, "overlap": 32, "mpp": 0.5}
 
-(absent, or ``"mode": "whole"``: the official whole-image semantics). :func:`inference_spec`
+(absent, or ``"mode": "whole"``: the official whole-image semantics; ``tile_size`` records the
+training tile size, the tasks tile at the model's input size, which ``predict_batch`` takes;
+``mpp`` is the pixel size of the training images in microns). :func:`inference_spec`
 reads it; :mod:`.tasks` (``segment`` / ``detect`` / ``recognize``) then runs
 :func:`predict_tiled` on the preprocessed RGB image instead of padding it to a square and
 resizing it, after rescaling the image to the model's ``mpp`` when the caller gives the
