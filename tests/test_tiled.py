@@ -80,6 +80,16 @@ def test_inference_metadata_round_trips_through_checkpoints(tmp_path):
     assert load_model(str(path)).metadata["inference"] == m.metadata["inference"]
 
 
+def test_finetune_writes_tiled_inference_metadata(predictor):
+    from napari_biomedparse.training.finetune import _base_mpp, tiled_inference
+
+    assert tiled_inference(256, 0.5) == DEFAULT_INFERENCE
+    assert tiled_inference(128) == {"mode": "tiled", "tile_size": 128, "overlap": 32}
+    # fine-tuning the default model keeps its pixel size unless finetune(mpp=...) says otherwise
+    assert _base_mpp(predictor.model.metadata) == 0.5
+    assert _base_mpp({"inference": None}) is None
+
+
 def test_tile_grid_and_weights_cover_the_image():
     origins = tile_origins((600, 300), 256, 32)
     cover = np.zeros((600, 300), int)
