@@ -197,7 +197,8 @@ def load_model(
     download: bool = True,
     config: BiomedParseConfig | None = None,
 ) -> BiomedParse:
-    """Load a model in eval mode, with ``model.metadata`` (name, target_dist, vocabulary).
+    """Load a model in eval mode, with ``model.metadata`` (name, target_dist, vocabulary,
+    inference).
 
     Args:
         name_or_path: "default" (the small model bundled with the package), "biomedparse-v1"
