@@ -264,7 +264,9 @@ def segment_layer(
     _report(progress, 2, total, f"segmenting {len(prompts)} prompt(s)")
     producer = "segment"
     if output == "probabilities":
-        probs = pred.segment(pixels, list(prompts), modality=modality, site=site)
+        probs = pred.segment(
+            pixels, list(prompts), modality=modality, site=site, mpp=_pixel_mpp(inp, scale)
+        )
         check_cancel(cancel)
         out = _layers.probability_layers(
             probs, prompts, source=inp.name, producer=producer, scale=scale, translate=translate
