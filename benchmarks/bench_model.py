@@ -46,13 +46,17 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn, device, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+    """Median wall time (synchronised on CUDA). On CPU the median process CPU time (all
+    threads) is recorded too, in ``_timed.cpu``: robust to other jobs sharing the cores."""
+    times, cpu, out = [], [], None
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _timed.cpu = statistics.median(cpu)
     return statistics.median(times), out
 
 
@@ -107,6 +111,7 @@ def run_variant(model, device, dtype_name: str, compile_: bool, args) -> dict:
         if compile_ and device.type == "cuda":  # a second warm-up for autotuned kernels
             pred.predict(image, PROMPTS[:1])
         res["encode_s"], _ = _timed(lambda: pred.encode(image, cache=False), device, args.repeats)
+        res["encode_cpu"] = _timed.cpu
         # decoder on an encoding without cache: every call recomputes the prompt-independent
         # tensors, as predict() does
         enc = pred.encode(image, cache=False)
@@ -114,17 +119,20 @@ def run_variant(model, device, dtype_name: str, compile_: bool, args) -> dict:
             res[f"decode{n}_s"], _ = _timed(
                 lambda n=n: pred.decode(enc, PROMPTS[:n]), device, args.decode_repeats
             )
+            res[f"decode{n}_cpu"] = _timed.cpu
         # decoder on an encoding whose cache is warm (GUI: trying prompts on one image)
         enc_c = pred.encode(image, cache=True)
         pred.decode(enc_c, PROMPTS[:1])
         res["decode1_cached_s"], _ = _timed(
             lambda: pred.decode(enc_c, PROMPTS[1:2]), device, args.decode_repeats
         )
+        res["decode1_cached_cpu"] = _timed.cpu
         enc = enc_c = None  # free the encodings before the predict timings
         for n in args.prompts:
             res[f"predict{n}_s"], _ = _timed(
                 lambda n=n: pred.predict(image, PROMPTS[:n]), device, args.repeats
             )
+            res[f"predict{n}_cpu"] = _timed.cpu
     finally:
         if compile_:
             model.encode_image = eager_encode
@@ -152,8 +160,8 @@ def format_section(results: list[dict], meta: dict, prompts: list[int]) -> str:
     if meta["device_kind"] == "cpu":
         lines += [
             "The 2 CPU cores were shared with other jobs (load average about 4 to 8) while this "
-            "ran: absolute CPU times are inflated and single measurements are noisy; the "
-            "estimated ratios, built from the component medians, are the more reliable ones.",
+            "ran: wall-clock times are inflated and noisy; the process CPU times (second "
+            "table) are the reliable cost figures.",
             "",
         ]
     head = "| variant | first call (s) | peak memory | encode (s) |"
@@ -186,6 +194,27 @@ def format_section(results: list[dict], meta: dict, prompts: list[int]) -> str:
             row += f" {est:.2f} x, {meas:.2f} x |"
         lines.append(row)
     lines.append("")
+    if meta["device_kind"] == "cpu":
+        lines += [
+            "Process CPU time (seconds of CPU used by the benchmark, all threads; robust to the "
+            "other jobs on the machine) for the same runs:",
+            "",
+        ]
+        head = "| variant | encode | " + " | ".join(f"decode {n}" for n in prompts)
+        head += " | decode 1, cached | " + " | ".join(f"predict {n}" for n in prompts)
+        head += " | " + " | ".join(f"cost {n} / {n1} prompt" for n in prompts[1:]) + " |"
+        ncol = 3 + 2 * len(prompts) + len(prompts) - 1
+        lines += [head, "|" + "---|" * ncol]
+        for r in results:
+            row = f"| {r['variant']} | {r['encode_cpu']:.2f} | "
+            row += " | ".join(f"{r[f'decode{n}_cpu']:.2f}" for n in prompts)
+            row += f" | {r['decode1_cached_cpu']:.2f} | "
+            row += " | ".join(f"{r[f'predict{n}_cpu']:.2f}" for n in prompts)
+            row += " | " + " | ".join(
+                f"{r[f'predict{n}_cpu'] / r[f'predict{n1}_cpu']:.2f} x" for n in prompts[1:]
+            )
+            lines.append(row + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
