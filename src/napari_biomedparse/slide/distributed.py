@@ -48,11 +48,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import math
 import os
 import pickle
 import queue
+import tempfile
 import threading
 import time
 import uuid
@@ -95,7 +95,7 @@ class ModelSpec:
     """What a worker needs to build its predictor, without the client's objects.
 
     ``kind``: ``"name"`` (``source`` is a model name or checkpoint path for ``load_model``),
-    ``"model"`` (``payload`` is a pickled ``BiomedParse`` module, loaded onto the CPU and
+    ``"model"`` (``payload`` is the bytes of a safetensors checkpoint of a ``BiomedParse``, loaded onto the CPU and
     then onto the worker's device) or ``"object"`` (``payload`` is any pickled predictor,
     used as is). ``key`` identifies the predictor in the workers' cache.
     """
@@ -186,9 +186,13 @@ def model_spec(
         spec = ModelSpec(key, "name", source, None, fingerprint=fp, **opts)
     else:
         if module is not None:
-            buf = io.BytesIO()
-            torch.save(module, buf)
-            payload, kind = buf.getvalue(), "model"
+            # weights travel as our safetensors format (configuration in the header), never
+            # as a pickle that a worker would have to unpickle
+            from napari_biomedparse.model.checkpoint import save_checkpoint
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = save_checkpoint(module, Path(tmp) / "model.safetensors")
+                payload, kind = path.read_bytes(), "model"
         else:
             payload, kind = pickle.dumps(inner), "object"
             if fp is None:
@@ -246,7 +250,12 @@ def _build_predictor(spec: ModelSpec):
 
         model = load_model(spec.source)
     elif spec.kind == "model":
-        model = torch.load(io.BytesIO(spec.payload), map_location="cpu", weights_only=False)
+        from napari_biomedparse.model.checkpoint import model_from_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.safetensors"
+            path.write_bytes(spec.payload)
+            model = model_from_checkpoint(path)
     else:
         raise ValueError(f"unknown model spec kind {spec.kind!r}")
     if device.startswith("cuda:"):
