@@ -35,8 +35,8 @@ __all__ = [
 #: Columns of :func:`instance_table`, in order.
 TABLE_COLUMNS = [
     "label",
-    "class_id",
     "class",
+    "class_id",
     "score",
     "p_value",
     "area",

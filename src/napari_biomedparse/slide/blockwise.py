@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_biomedparse.inference.instances import TABLE_COLUMNS as _INSTANCE_TABLE_COLUMNS
+
 __all__ = [
     "BlockLayout",
     "BlockRecord",
@@ -45,22 +47,8 @@ __all__ = [
 
 _STRUCT8 = np.ones((3, 3), bool)
 
-TABLE_COLUMNS = (
-    "label",
-    "class",
-    "class_id",
-    "score",
-    "p_value",
-    "area",
-    "area_um2",
-    "centroid_y",
-    "centroid_x",
-    "bbox_y0",
-    "bbox_x0",
-    "bbox_y1",
-    "bbox_x1",
-    "mean_prob",
-)
+#: Columns of the per-object table: the same as a single image's (one table format).
+TABLE_COLUMNS = tuple(_INSTANCE_TABLE_COLUMNS)
 
 
 @dataclass(frozen=True)
