@@ -133,17 +133,22 @@ def _write(path: str, table: pd.DataFrame, result_fn) -> list[str]:
         return [os.fspath(write_geojson(result, path))]
 
 
+def _write_store(path: str, store) -> list[str]:
+    """Export the whole result store a slide-run layer comes from (every object)."""
+    from napari_biomedparse.slide.engine import SlideResult
+
+    res = SlideResult.open(store)
+    if Path(path).suffix.lower() == ".csv":
+        return [os.fspath(res.to_csv(path))]
+    return [os.fspath(res.to_geojson(path))]
+
+
 def write_labels(path: str, data, attributes: dict) -> list[str]:
     """Save instance Labels (one object per label value) with their features."""
     _check_ext(path)
     store = _store(attributes)
     if store is not None:
-        from napari_biomedparse.slide.engine import SlideResult
-
-        res = SlideResult.open(store)
-        if Path(path).suffix.lower() == ".csv":
-            return [os.fspath(res.to_csv(path))]
-        return [os.fspath(res.to_geojson(path))]
+        return _write_store(path, store)
     if isinstance(data, list):
         data = data[0]
     labels = np.asarray(data)
@@ -161,10 +166,9 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
     def result():
         from napari_biomedparse.inference.instances import instance_outlines
 
+        kept = set(table["label"])
         rings = {
-            lab: ring * a + b
-            for lab, ring in instance_outlines(labels).items()
-            if lab in set(table["label"])
+            lab: ring * a + b for lab, ring in instance_outlines(labels).items() if lab in kept
         }
         return _result(table, names, rings, attributes.get("name", "labels"))
 
@@ -176,12 +180,7 @@ def write_shapes(path: str, data, attributes: dict) -> list[str]:
     _check_ext(path)
     store = _store(attributes)
     if store is not None:
-        from napari_biomedparse.slide.engine import SlideResult
-
-        res = SlideResult.open(store)
-        if Path(path).suffix.lower() == ".csv":
-            return [os.fspath(res.to_csv(path))]
-        return [os.fspath(res.to_geojson(path))]
+        return _write_store(path, store)
     a, b = _affine(attributes)
     polys = [np.asarray(d, dtype=np.float64)[:, -2:] * a + b for d in data]
     features = attributes.get("features")
