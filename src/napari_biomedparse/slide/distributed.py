@@ -556,14 +556,16 @@ class _Events:
 
 def _run_futures(client, make, items, *, events, on_event, on_done, cancel, cancel_ev, retries):
     """Submit ``make(i)`` for every item, wait in the caller's thread, feed progress, resubmit
-    a task that failed (lost worker) up to ``retries`` times, honour ``cancel``."""
+    a task that failed (lost worker) up to ``retries`` times, honour ``cancel``. Closes
+    ``events`` at the end, and clears ``cancel_ev`` unless the run was cancelled."""
     from distributed import as_completed
 
-    futs = {make(i): i for i in range(len(items))}
-    tries = dict.fromkeys(range(len(items)), 0)
-    ac = as_completed(list(futs))
+    futs: dict = {}
     errors: dict[int, BaseException] = {}
     try:
+        futs.update({make(i): i for i in range(len(items))})
+        tries = dict.fromkeys(range(len(items)), 0)
+        ac = as_completed(list(futs))
         while True:
             if cancel is not None and cancel.is_set():
                 cancel_ev.set()
@@ -601,6 +603,9 @@ def _run_futures(client, make, items, *, events, on_event, on_done, cancel, canc
     finally:
         if futs:
             client.cancel(list(futs))
+        events.close()
+        if not (cancel is not None and cancel.is_set()):
+            cancel_ev.clear()
     return errors
 
 
@@ -698,22 +703,17 @@ def run_tiles_distributed(
             pure=False,
         )
 
-    try:
-        errors = _run_futures(
-            client,
-            make,
-            groups,
-            events=events,
-            on_event=on_event,
-            on_done=on_done,
-            cancel=cancel,
-            cancel_ev=cancel_ev,
-            retries=retries,
-        )
-    finally:
-        events.close()
-        if not (cancel is not None and cancel.is_set()):
-            cancel_ev.clear()
+    errors = _run_futures(
+        client,
+        make,
+        groups,
+        events=events,
+        on_event=on_event,
+        on_done=on_done,
+        cancel=cancel,
+        cancel_ev=cancel_ev,
+        retries=retries,
+    )
     if errors:
         i, exc = next(iter(errors.items()))
         raise RuntimeError(
@@ -845,22 +845,17 @@ def process_slides_distributed(
             pure=False,
         )
 
-    try:
-        errors = _run_futures(
-            client,
-            make,
-            sources,
-            events=events,
-            on_event=on_event,
-            on_done=on_done,
-            cancel=cancel,
-            cancel_ev=cancel_ev,
-            retries=retries,
-        )
-    finally:
-        events.close()
-        if not (cancel is not None and cancel.is_set()):
-            cancel_ev.clear()
+    errors = _run_futures(
+        client,
+        make,
+        sources,
+        events=events,
+        on_event=on_event,
+        on_done=on_done,
+        cancel=cancel,
+        cancel_ev=cancel_ev,
+        retries=retries,
+    )
     for i, exc in sorted(errors.items()):
         if on_error != "continue":
             raise exc
