@@ -12,6 +12,7 @@ from napari.layers import Image, Layer
 from napari.utils.notifications import show_info
 
 from .._functions import LARGE_SIDE
+from .._settings import restore
 
 REPLACE = "replace existing"
 ADD = "add new"
@@ -136,3 +137,18 @@ def sites(modality: str) -> list[str]:
     from napari_biomedparse.inference.modalities import SITES
 
     return list(SITES.get(modality, ()))
+
+
+class ModalitySiteForm:
+    """Mixin of the widgets with a ``modality`` and a ``site`` field: the site choices follow
+    the modality (hidden when it has none), the remembered site is restored, then the
+    subclass's ``_site_changed`` updates what depends on the site."""
+
+    def _site_choices(self, *_):
+        return sites(self.modality.value) or [""]
+
+    def _modality_changed(self, *_):
+        self.site.reset_choices()
+        self.site.visible = bool(sites(self.modality.value))
+        restore({"site": self.site}, self.settings_key)
+        self._site_changed()

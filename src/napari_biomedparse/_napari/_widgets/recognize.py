@@ -16,17 +16,17 @@ from ._common import (
     ADD,
     REPLACE,
     ImageLayerChoice,
+    ModalitySiteForm,
     add_result_layers,
     current_view_region,
     default_output_folder,
     is_large,
-    sites,
     vocabulary,
 )
 from .segment import CURRENT_VIEW, WHOLE_IMAGE
 
 
-class RecognizeWidget(Container):
+class RecognizeWidget(ModalitySiteForm, Container):
     """Recognise every object of every target of the chosen modality."""
 
     settings_key = "recognize"
@@ -78,15 +78,6 @@ class RecognizeWidget(Container):
         self.image.changed.connect(self._sync)
         self.run.run_button.changed.connect(self.start)
         self._sync()
-
-    def _site_choices(self, *_):
-        return sites(self.modality.value) or [""]
-
-    def _modality_changed(self, *_):
-        self.site.reset_choices()
-        self.site.visible = bool(sites(self.modality.value))
-        restore({"site": self.site}, self.settings_key)
-        self._site_changed()
 
     def _site_changed(self, *_):
         voc = vocabulary(self.modality.value, self.site.value or None)

@@ -25,11 +25,11 @@ from ._common import (
     ADD,
     REPLACE,
     ImageLayerChoice,
+    ModalitySiteForm,
     add_result_layers,
     current_view_region,
     default_output_folder,
     is_large,
-    sites,
     vocabulary,
 )
 
@@ -42,7 +42,7 @@ CURRENT_VIEW = "current view"
 WHOLE_IMAGE = "whole image"
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ModalitySiteForm, Container):
     """Segment an image layer with one or more text prompts."""
 
     settings_key = "segment"
@@ -112,15 +112,6 @@ class SegmentWidget(Container):
         self._sync()
 
     # -- form logic
-    def _site_choices(self, *_):
-        return sites(self.modality.value) or [""]
-
-    def _modality_changed(self, *_):
-        self.site.reset_choices()
-        self.site.visible = bool(sites(self.modality.value))
-        restore({"site": self.site}, self.settings_key)
-        self._site_changed()
-
     def _vocab_choices(self, *_):
         return vocabulary(self.modality.value, self.site.value or None) or [""]
 
