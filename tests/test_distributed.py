@@ -13,6 +13,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -155,6 +156,9 @@ def test_two_workers_identical_to_single_process(client, model_path, slides, ref
     assert list(n_models.values()) == [1, 1]
     devices = client.run(lambda dask_worker: getattr(dask_worker, "nbp_device", None))
     assert set(devices.values()) == {"cpu"}
+    if sys.platform == "linux":  # dask's MALLOC_TRIM_THRESHOLD_ undone (glibc), see distributed.md
+        restored = client.run(lambda dask_worker: getattr(dask_worker, "nbp_malloc_restored", None))
+        assert set(restored.values()) == {True}
 
 
 def test_killed_worker_mid_run_gives_identical_results(

@@ -70,14 +70,50 @@ def test_slide_widget_runs_engine_and_opens_results(
         viewer.layers.remove(lay)
     # export the full set through the writer
     out = tmp_path / "cells.geojson"
-    written = (
-        viewer.layers.save(str(out), selected=False, plugin="napari-biomedparse") if False else None
-    )
     from napari_biomedparse._napari._writer import write_labels
 
     written = write_labels(str(out), inst.data, inst._get_state())
     gj = json.loads(Path(written[0]).read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(res.table)
+
+
+def test_slide_widget_on_a_dask_scheduler_equals_the_local_run(
+    make_napari_viewer, qtbot, plugin_model, tmp_path
+):
+    from distributed import LocalCluster
+
+    from napari_biomedparse._napari._widgets.slide import SlideWidget
+    from napari_biomedparse.slide.engine import SlideResult
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-biomedparse", "cmu_small_region")
+    w = SlideWidget(viewer)
+    w.mpp.value = 2.0  # 740 x 555 px: a handful of tiles
+    w.tile_size.value = 256
+    w.overlap.value = 32
+    w.overwrite.value = True
+    stores = []
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        for name, address in (("local", ""), ("cluster", cluster.scheduler_address)):
+            w.output_folder.value = str(tmp_path / name)
+            w.scheduler.value = address
+            w.start()
+            _wait(qtbot, w)
+            assert w.run.last_outcome == "ok", w.run.last_error
+            stores.append(SlideResult.open(tmp_path / name / "cmu_small_region.biomedparse.zarr"))
+    local, remote = stores
+    assert local.summary["tiles_processed"] > 1
+    np.testing.assert_array_equal(np.asarray(remote.probs), np.asarray(local.probs))
+    assert len(remote.table) == len(local.table) > 0
+
+
+def test_unreachable_scheduler_is_a_clear_error():
+    from napari_biomedparse.slide.distributed import make_client
+
+    with pytest.raises(ConnectionError, match="no dask scheduler answers at 'tcp://127.0.0.1:9'"):
+        make_client("tcp://127.0.0.1:9", timeout="2s")
 
 
 def test_open_results_bad_path_is_a_notification(make_napari_viewer, tmp_path):

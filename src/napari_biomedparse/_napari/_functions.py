@@ -460,11 +460,14 @@ def slide_layers(
     resume: bool = True,
     overwrite: bool = False,
     model=None,
+    scheduler: str | None = None,
     progress: Callable | None = None,
     cancel: threading.Event | None = None,
 ) -> list[LayerDataTuple]:
     """Run the slide engine on a whole image (a file path, an array / pyramid or an Image
-    layer) and return its results as layers (multiscale Labels read lazily from the store)."""
+    layer) and return its results as layers (multiscale Labels read lazily from the store).
+    ``scheduler``: address of a dask scheduler (``tcp://host:8786``) whose workers process the
+    tiles (the store must be on a file system they share); None runs in this process."""
     from napari_biomedparse.slide.engine import process_slide
 
     inp = as_image_input(image) if not isinstance(image, str | Path) else None
@@ -490,7 +493,16 @@ def slide_layers(
             slide_mpp = float(inp.scale[-1])
         kwargs["slide_mpp"] = slide_mpp
     kwargs["model"] = model if model is not None else _current_model_or_default()
-    res = process_slide(source, out, **{k: v for k, v in kwargs.items() if v is not None})
+    client = None
+    if scheduler:
+        from napari_biomedparse.slide.distributed import make_client
+
+        client = kwargs["client"] = make_client(scheduler)
+    try:
+        res = process_slide(source, out, **{k: v for k, v in kwargs.items() if v is not None})
+    finally:
+        if client is not None:
+            client.close()
     check_cancel(cancel)
     name = inp.name if inp is not None else Path(str(image)).stem
     return result_layers(res, source_name=name, image=inp)

@@ -79,12 +79,14 @@ __all__ = [
     "configure_predictor",
     "compile_predictor",
     "auto_batch_size",
+    "restore_malloc_thresholds",
 ]
 
 DEFAULT_RETRIES = 3
 TASKS_PER_WORKER = 4  # tasks per worker in tile mode (load balance vs. pipelining)
 MAX_BATCHES_PER_TASK = 8
 _POLL_S = 0.05
+_EVENT_S = 0.25  # a worker sends at most one progress event per task this often
 
 # --------------------------------------------------------------------------------------------
 # the model on the workers
@@ -298,6 +300,34 @@ class ModelMismatch(RuntimeError):
     """A worker loaded different weights from the model path than the caller has."""
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def restore_malloc_thresholds(mmap_bytes: int = 32 << 20, trim_bytes: int = 128 << 20) -> bool:
+    """Undo the effect of dask's ``MALLOC_TRIM_THRESHOLD_`` on torch in this process.
+
+    A dask nanny starts its worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (config
+    ``distributed.nanny.pre-spawn-environ``). Setting any threshold turns off glibc's dynamic
+    mmap threshold, so every allocation over 128 KiB (each activation of the model) becomes an
+    ``mmap`` + page faults + ``munmap``: the model ran 1.8x slower in a worker than in the
+    caller's process (measured here, tiny model on CPU). This sets the mmap threshold to
+    ``mmap_bytes`` and the trim threshold to ``trim_bytes`` (freed memory above that at the top
+    of the heap still goes back to the system). Returns False where it cannot (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_bytes)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_bytes)
+    )
+
+
 class ModelPlugin(_WorkerPluginBase):
     """Loads the model once per worker process (at registration, and on every worker that
     joins or is restarted later) onto the worker's own device."""
@@ -307,6 +337,9 @@ class ModelPlugin(_WorkerPluginBase):
         self.name = "napari-biomedparse-model-" + zlib.crc32(spec.key.encode()).to_bytes(4).hex()
 
     def setup(self, worker):
+        worker.nbp_malloc_restored = bool(os.environ.get("MALLOC_TRIM_THRESHOLD_")) and (
+            restore_malloc_thresholds()
+        )
         pred = get_predictor(self.spec)
         if self.spec.kind == "name" and self.spec.fingerprint:
             from .engine import model_fingerprint
@@ -368,11 +401,20 @@ def _register_for(client, model, predictor, device) -> ModelSpec:
 def make_client(scheduler: str | None = None, workers: int | None = None, **cluster_kwargs):
     """A ``distributed.Client``: to ``scheduler`` (an address such as ``tcp://host:8786``) or
     to a new ``LocalCluster`` of ``workers`` processes with one thread each (one model per
-    process; on a multi-GPU machine one worker per GPU)."""
+    process; on a multi-GPU machine one worker per GPU). Raises ``ConnectionError`` with what
+    to do when no scheduler answers at ``scheduler`` (``timeout=``, default 20 s)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler)
+        try:
+            return Client(scheduler, timeout=cluster_kwargs.pop("timeout", "20s"))
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionError(
+                f"no dask scheduler answers at {scheduler!r} ({exc}). Start one there (`dask "
+                "scheduler`, then `dask worker ADDRESS` on each GPU machine; see "
+                "docs/distributed.md), check the address and port, or leave the scheduler "
+                "empty to run in this process."
+            ) from None
     n = int(workers or 1)
     if n < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -455,8 +497,13 @@ def _tiles_task(store, image_ref, grid, batches, prompts, spec, opts, topic, tas
     from .engine import run_tiles
 
     group = open_group(store, "r+")
-    state = np.asarray(group["tiles/state"][...]).reshape(-1)
-    todo = [b for b in batches if not all(state[k] == 1 for k in b)]
+    # only the grid rows of this task's tiles: one chunk file per tile, so reading the whole
+    # record in every task would cost as much as the tiles themselves for small models
+    flat = [k for b in batches for k in b]
+    r0, r1 = grid.index(min(flat))[0], grid.index(max(flat))[0] + 1
+    rows = np.asarray(group["tiles/state"][r0:r1])
+    done = set((np.flatnonzero(rows.reshape(-1) == 1) + r0 * rows.shape[1]).tolist())
+    todo = [b for b in batches if not all(k in done for k in b)]
     skipped = sum(len(b) for b in batches) - sum(len(b) for b in todo)
     if not todo:
         _log(topic, {"task": task_id, "done": skipped})
@@ -465,8 +512,13 @@ def _tiles_task(store, image_ref, grid, batches, prompts, spec, opts, topic, tas
     _use_device_of(predictor)
     image = _open_on_worker(image_ref)
 
+    last = [0.0]
+
     def progress(done, total, message):
-        _log(topic, {"task": task_id, "done": skipped + int(done)})
+        now = time.monotonic()
+        if done >= total or now - last[0] >= _EVENT_S:
+            last[0] = now
+            _log(topic, {"task": task_id, "done": skipped + int(done)})
 
     n = run_tiles(
         group,

@@ -56,6 +56,12 @@ class SlideWidget(Container):
         self.output_folder = FileEdit(
             mode="d", value=default_output_folder(), label="output folder"
         )
+        self.scheduler = LineEdit(value="", label="dask scheduler")
+        self.scheduler.tooltip = (
+            "Address of a dask scheduler (tcp://host:8786) whose workers process the tiles, "
+            "one model per worker; the output folder must be on a file system they share. "
+            "Empty = this process."
+        )
         self.resume = CheckBox(value=True, text="resume an interrupted run")
         self.overwrite = CheckBox(value=False, text="overwrite an existing result")
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier layers")
@@ -74,6 +80,7 @@ class SlideWidget(Container):
                 self.overlap,
                 self.tissue_mask,
                 self.output_folder,
+                self.scheduler,
                 self.resume,
                 self.overwrite,
                 self.on_rerun,
@@ -91,6 +98,7 @@ class SlideWidget(Container):
             "overlap": self.overlap,
             "tissue_mask": self.tissue_mask,
             "output_folder": self.output_folder,
+            "scheduler": self.scheduler,
             "resume": self.resume,
             "overwrite": self.overwrite,
             "on_rerun": self.on_rerun,
@@ -146,6 +154,7 @@ class SlideWidget(Container):
             tissue_mask=bool(self.tissue_mask.value),
             resume=bool(self.resume.value),
             overwrite=bool(self.overwrite.value),
+            scheduler=self.scheduler.value.strip() or None,
         )
 
     def open_results(self, *_):
