@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox
 from napari.layers import Image, Layer
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
+from .. import _functions as F
 from .._functions import LARGE_SIDE
 from .._settings import restore
 
 REPLACE = "replace existing"
 ADD = "add new"
+CURRENT_VIEW = "current view"
+WHOLE_IMAGE = "whole image"
 
 
 def image_layers(viewer) -> list[str]:
@@ -140,9 +143,10 @@ def sites(modality: str) -> list[str]:
 
 
 class ModalitySiteForm:
-    """Mixin of the widgets with a ``modality`` and a ``site`` field: the site choices follow
-    the modality (hidden when it has none), the remembered site is restored, then the
-    subclass's ``_site_changed`` updates what depends on the site."""
+    """Mixin of the Segment and Recognize widgets (fields ``image``, ``modality``, ``site``,
+    ``scope``, ``on_rerun``, ``run``): the site choices follow the modality (hidden when it has
+    none), the remembered site is restored, then the subclass's ``_site_changed`` updates what
+    depends on the site; :meth:`_launch` runs the work on the right part of the image."""
 
     def _site_choices(self, *_):
         return sites(self.modality.value) or [""]
@@ -152,3 +156,54 @@ class ModalitySiteForm:
         self.site.visible = bool(sites(self.modality.value))
         restore({"site": self.site}, self.settings_key)
         self._site_changed()
+
+    def _show(self, layer_data, policy):
+        add_result_layers(self.viewer, layer_data, policy)
+        self._site_changed()  # the model is loaded now: offer its vocabulary
+
+    def _launch(self, title: str, layer, layer_fn, slide_kwargs: dict, **layer_kwargs):
+        """Start the work in the run controls' thread worker.
+
+        A small image, or the current view of a large one (at the level drawn):
+        ``layer_fn(image=..., modality=..., site=..., region=..., **layer_kwargs)``. A large
+        image with "whole image" chosen: the slide engine (``F.slide_layers`` with
+        ``slide_kwargs``) into ``<layer>.<settings_key>.biomedparse.zarr`` in the output folder.
+        """
+        policy = self.on_rerun.value
+
+        def on_result(layer_data):
+            self._show(layer_data, policy)
+
+        image = F.as_image_input(layer)
+        if is_large(layer) and self.scope.value == WHOLE_IMAGE:
+            out = (
+                Path(default_output_folder()) / f"{layer.name}.{self.settings_key}.biomedparse.zarr"
+            )
+            return self.run.start(
+                F.slide_layers,
+                on_result=on_result,
+                description=f"{title} (whole image)",
+                image=image,
+                out=str(out),
+                modality=self.modality.value,
+                overwrite=True,
+                resume=False,
+                **slide_kwargs,
+            )
+        region = None
+        if is_large(layer):
+            try:
+                region = current_view_region(layer)
+            except ValueError as exc:
+                show_warning(f"{title}: {exc}")
+                return None
+        return self.run.start(
+            layer_fn,
+            on_result=on_result,
+            description=title,
+            image=image,
+            modality=self.modality.value,
+            site=self.site.value or None,
+            region=region,
+            **layer_kwargs,
+        )

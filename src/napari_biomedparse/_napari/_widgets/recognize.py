@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, RadioButtons
 from napari.utils.notifications import show_warning
 
@@ -14,16 +12,14 @@ from .._runner import RunControls
 from .._settings import remember, restore
 from ._common import (
     ADD,
+    CURRENT_VIEW,
     REPLACE,
+    WHOLE_IMAGE,
     ImageLayerChoice,
     ModalitySiteForm,
-    add_result_layers,
-    current_view_region,
-    default_output_folder,
     is_large,
     vocabulary,
 )
-from .segment import CURRENT_VIEW, WHOLE_IMAGE
 
 
 class RecognizeWidget(ModalitySiteForm, Container):
@@ -85,10 +81,6 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.targets.value = text if len(text) < 120 else text[:117] + "..."
         self.targets.tooltip = ", ".join(voc)
 
-    def _show(self, layer_data, policy):
-        add_result_layers(self.viewer, layer_data, policy)
-        self._site_changed()  # the model is loaded now: offer its vocabulary
-
     def _sync(self, *_):
         self.scope.visible = is_large(self.image.layer)
 
@@ -97,36 +89,11 @@ class RecognizeWidget(ModalitySiteForm, Container):
         if layer is None:
             show_warning("Recognize all: open an image first (File > Open, or File > Open Sample).")
             return None
-        site = self.site.value or None
-        policy = self.on_rerun.value
-        if is_large(layer) and self.scope.value == WHOLE_IMAGE:
-            out = Path(default_output_folder()) / f"{layer.name}.recognize.biomedparse.zarr"
-            return self.run.start(
-                F.slide_layers,
-                on_result=lambda r: self._show(r, policy),
-                description="Recognize all (whole image)",
-                image=F.as_image_input(layer),
-                out=str(out),
-                recognize=True,
-                modality=self.modality.value,
-                overwrite=True,
-                resume=False,
-            )
-        region = None
-        if is_large(layer):
-            try:
-                region = current_view_region(layer)
-            except ValueError as exc:
-                show_warning(f"Recognize all: {exc}")
-                return None
-        return self.run.start(
+        return self._launch(
+            "Recognize all",
+            layer,
             F.recognize_layer,
-            on_result=lambda r: self._show(r, policy),
-            description="Recognize all",
-            image=F.as_image_input(layer),
-            modality=self.modality.value,
-            site=site,
+            {"recognize": True},
             p_threshold=float(self.p_threshold.value),
             shapes=self.shapes.value,
-            region=region,
         )

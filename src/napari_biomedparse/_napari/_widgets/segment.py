@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -23,12 +21,11 @@ from .._runner import RunControls
 from .._settings import remember, restore
 from ._common import (
     ADD,
+    CURRENT_VIEW,
     REPLACE,
+    WHOLE_IMAGE,
     ImageLayerChoice,
     ModalitySiteForm,
-    add_result_layers,
-    current_view_region,
-    default_output_folder,
     is_large,
     vocabulary,
 )
@@ -38,8 +35,6 @@ OUTPUT_CHOICES = [
     ("masks", "masks"),
     ("probabilities", "probabilities"),
 ]
-CURRENT_VIEW = "current view"
-WHOLE_IMAGE = "whole image"
 
 
 class SegmentWidget(ModalitySiteForm, Container):
@@ -130,10 +125,6 @@ class SegmentWidget(ModalitySiteForm, Container):
             current.append(target)
         self.prompts.value = ", ".join(current)
 
-    def _show(self, layer_data, policy):
-        add_result_layers(self.viewer, layer_data, policy)
-        self._site_changed()  # the model is loaded now: offer its vocabulary
-
     def _sync(self, *_):
         self.p_threshold.enabled = bool(self.existence_test.value)
         self.scope.visible = is_large(self.image.layer)
@@ -152,41 +143,15 @@ class SegmentWidget(ModalitySiteForm, Container):
         if not prompts:
             show_warning("Segment: type at least one prompt, e.g. 'neoplastic cells'.")
             return None
-        site = self.site.value or None
-        policy = self.on_rerun.value
-        if is_large(layer) and self.scope.value == WHOLE_IMAGE:
-            out = Path(default_output_folder()) / f"{layer.name}.segment.biomedparse.zarr"
-            return self.run.start(
-                F.slide_layers,
-                on_result=lambda r: self._show(r, policy),
-                description="Segment (whole image)",
-                image=F.as_image_input(layer),
-                out=str(out),
-                prompts=prompts,
-                recognize=self.output.value != "probabilities",
-                modality=self.modality.value,
-                overwrite=True,
-                resume=False,
-            )
-        region = None
-        if is_large(layer):
-            try:
-                region = current_view_region(layer)
-            except ValueError as exc:
-                show_warning(f"Segment: {exc}")
-                return None
-        return self.run.start(
+        return self._launch(
+            "Segment",
+            layer,
             F.segment_layer,
-            on_result=lambda r: self._show(r, policy),
-            description="Segment",
-            image=F.as_image_input(layer),
+            {"prompts": prompts, "recognize": self.output.value != "probabilities"},
             prompts=prompts,
-            modality=self.modality.value,
-            site=site,
             threshold=float(self.threshold.value),
             existence_test=bool(self.existence_test.value),
             p_threshold=float(self.p_threshold.value),
             output=self.output.value,
             shapes=self.shapes.value,
-            region=region,
         )
