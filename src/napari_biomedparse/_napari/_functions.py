@@ -349,17 +349,24 @@ def _detection_layers(det, source, producer, output, scale, translate, shapes="b
             )
             kw["name"] = f"{source} {prompt} instances ({producer})"
             out.append((data, kw, kind))
-    if output == "instances" and shapes != "none":
-        layer, _note = _layers.shapes_layer(
-            det.table,
-            outlines=det.outlines() if shapes == "outlines" else None,
-            source=source,
-            producer=producer,
-            scale=scale,
-            translate=translate,
-        )
-        out.append(layer)
+    if output == "instances":
+        out += _shapes_layers(det, shapes, source, producer, scale, translate)
     return out
+
+
+def _shapes_layers(result, shapes, source, producer, scale, translate) -> list[LayerDataTuple]:
+    """[] or the Shapes layer of a Detection / Recognition's objects ("boxes" or "outlines")."""
+    if shapes == "none":
+        return []
+    layer, _note = _layers.shapes_layer(
+        result.table,
+        outlines=result.outlines() if shapes == "outlines" else None,
+        source=source,
+        producer=producer,
+        scale=scale,
+        translate=translate,
+    )
+    return [layer]
 
 
 # --------------------------------------------------------------------------- recognize
@@ -430,17 +437,7 @@ def _recognition_layers(rec, source, producer, scale, translate, shapes="outline
             translate=translate,
         ),
     ]
-    if shapes != "none":
-        layer, _note = _layers.shapes_layer(
-            rec.table,
-            outlines=rec.outlines() if shapes == "outlines" else None,
-            source=source,
-            producer=producer,
-            scale=scale,
-            translate=translate,
-        )
-        out.append(layer)
-    return out
+    return out + _shapes_layers(rec, shapes, source, producer, scale, translate)
 
 
 # --------------------------------------------------------------------------- slides

@@ -24,28 +24,14 @@ from pathlib import Path
 
 __all__ = ["register", "run", "expand_sources"]
 
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".ndpi",
-    ".mrxs",
-    ".scn",
-    ".bif",
-    ".vms",
-    ".vmu",
-    ".svslide",
-    ".tif",
-    ".tiff",
-    ".btf",
-    ".dcm",
-    ".zarr",
-)
-
 
 def expand_sources(items: list[str]) -> list[Path]:
     """Paths, globs and folders -> a sorted, de-duplicated list of slide paths.
 
     Raises FileNotFoundError when an item matches nothing.
     """
+    from .readers import SLIDE_SUFFIXES
+
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()

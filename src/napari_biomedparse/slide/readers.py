@@ -36,7 +36,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["SlideImage", "SlideReadError", "open_image", "OPENSLIDE_SUFFIXES"]
+__all__ = ["SlideImage", "SlideReadError", "open_image", "OPENSLIDE_SUFFIXES", "SLIDE_SUFFIXES"]
 
 OPENSLIDE_SUFFIXES = (
     ".svs",
@@ -53,6 +53,8 @@ OPENSLIDE_SUFFIXES = (
 )
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff", ".qptiff")
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
+#: Every file name ending :func:`open_image` reads (what the CLI picks up in a folder).
+SLIDE_SUFFIXES = tuple(dict.fromkeys(OPENSLIDE_SUFFIXES + TIFF_SUFFIXES + ZARR_SUFFIXES))
 
 _DEFAULT_CHUNK = 1024
 
