@@ -30,7 +30,7 @@ def expand_sources(items: list[str]) -> list[Path]:
 
     Raises FileNotFoundError when an item matches nothing.
     """
-    from .readers import SLIDE_SUFFIXES
+    from .readers import READABLE_SUFFIXES
 
     out: list[Path] = []
     for item in items:
@@ -44,11 +44,11 @@ def expand_sources(items: list[str]) -> list[Path]:
             found = sorted(
                 c
                 for c in p.iterdir()
-                if c.name.lower().endswith(SLIDE_SUFFIXES)
+                if c.name.lower().endswith(READABLE_SUFFIXES)
                 and not c.name.endswith((".biomedparse.zarr", ".partial"))
             )
             if not found:
-                raise FileNotFoundError(f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in {p}")
+                raise FileNotFoundError(f"no slide files ({', '.join(READABLE_SUFFIXES)}) in {p}")
             out.extend(found)
         elif p.exists():
             out.append(p)

@@ -36,7 +36,13 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["SlideImage", "SlideReadError", "open_image", "OPENSLIDE_SUFFIXES", "SLIDE_SUFFIXES"]
+__all__ = [
+    "SlideImage",
+    "SlideReadError",
+    "open_image",
+    "OPENSLIDE_SUFFIXES",
+    "READABLE_SUFFIXES",
+]
 
 OPENSLIDE_SUFFIXES = (
     ".svs",
@@ -54,7 +60,7 @@ OPENSLIDE_SUFFIXES = (
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff", ".qptiff")
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
 #: Every file name ending :func:`open_image` reads (what the CLI picks up in a folder).
-SLIDE_SUFFIXES = tuple(dict.fromkeys(OPENSLIDE_SUFFIXES + TIFF_SUFFIXES + ZARR_SUFFIXES))
+READABLE_SUFFIXES = tuple(dict.fromkeys(OPENSLIDE_SUFFIXES + TIFF_SUFFIXES + ZARR_SUFFIXES))
 
 _DEFAULT_CHUNK = 1024
 

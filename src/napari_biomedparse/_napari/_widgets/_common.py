@@ -12,7 +12,6 @@ from napari.layers import Image, Layer
 from napari.utils.notifications import show_info, show_warning
 
 from .. import _functions as F
-from .._functions import LARGE_SIDE
 from .._settings import restore
 
 REPLACE = "replace existing"
@@ -68,14 +67,12 @@ def is_large(layer) -> bool:
     if layer.multiscale:
         return True
     shape = layer.data.shape[:2] if layer.rgb else layer.data.shape[-2:]
-    return max(shape) > LARGE_SIDE
+    return max(shape) > F.LARGE_SIDE
 
 
 def current_view_region(layer):
     """(pixels, scale, translate) of the part of ``layer`` on screen, at the level drawn."""
-    from .._functions import as_image_input, view_region
-
-    inp = as_image_input(layer)
+    inp = F.as_image_input(layer)
     level = int(layer.data_level) if layer.multiscale else 0
     corners = getattr(layer, "corner_pixels", None)
     corner = size = None
@@ -84,7 +81,7 @@ def current_view_region(layer):
         if (c[1] - c[0]).min() > 1:
             corner = (int(c[0, 0]), int(c[0, 1]))
             size = (int(c[1, 0] - c[0, 0] + 1), int(c[1, 1] - c[0, 1] + 1))
-    return view_region(inp, level, corner, size)
+    return F.view_region(inp, level, corner, size)
 
 
 def add_result_layers(viewer, layer_data, policy: str = REPLACE) -> list[Layer]:
@@ -143,10 +140,11 @@ def sites(modality: str) -> list[str]:
 
 
 class ModalitySiteForm:
-    """Mixin of the Segment and Recognize widgets (fields ``image``, ``modality``, ``site``,
-    ``scope``, ``on_rerun``, ``run``): the site choices follow the modality (hidden when it has
-    none), the remembered site is restored, then the subclass's ``_site_changed`` updates what
-    depends on the site; :meth:`_launch` runs the work on the right part of the image."""
+    """Mixin of the Segment and Recognize widgets (attributes ``viewer``, ``settings_key`` and
+    the fields ``image``, ``modality``, ``site``, ``scope``, ``on_rerun``, ``run``): the site
+    choices follow the modality (hidden when it has none), the remembered site is restored,
+    then the subclass's ``_site_changed`` updates what depends on the site; :meth:`_launch`
+    runs the work on the right part of the image."""
 
     def _site_choices(self, *_):
         return sites(self.modality.value) or [""]
