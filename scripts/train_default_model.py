@@ -80,6 +80,7 @@ def main(argv=None) -> int:
         datasets,
         default_config,
     )
+    from napari_biomedparse.training.augment import STRONG_AUGMENT
     from napari_biomedparse.training.finetune import finetune
 
     train, held = datasets()
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
         weight_decay=0.05,
         warmup=args.warmup if args.warmup is not None else min(200, max(args.steps // 5, 1)),
         freeze=None,
+        augment=STRONG_AUGMENT,
         device=args.device,
         seed=args.seed,
         out=args.out,

@@ -4,7 +4,8 @@ Geometric: flips, 90-degree rotations (and the scale change done when the tile i
 :class:`~napari_biomedparse.training.data.TileSampler`). Photometric: for pathology, stain
 jitter in haematoxylin-eosin-DAB space (``skimage.color.rgb2hed``) plus brightness, contrast
 and saturation; for fluorescence (grey stacked to RGB), gamma, gain, offset and noise applied
-to the grey values so the three channels stay equal. All functions are numpy-only and draw
+to the grey values so the three channels stay equal; optionally Gaussian blur and a JPEG round
+trip (:data:`STRONG_AUGMENT`, the default model's recipe). All functions are numpy-only and draw
 their randomness from the given ``numpy.random.Generator`` (deterministic given its seed).
 """
 
@@ -32,6 +33,10 @@ class AugmentConfig:
         saturation: pathology: std of the saturation change.
         gamma: fluorescence: std of log-gamma.
         noise: std of additive Gaussian noise (fraction of 255).
+        blur_prob: probability of a Gaussian blur (out-of-focus, lower-resolution scanner).
+        blur_sigma: (min, max) blur sigma in pixels (uniform).
+        jpeg_prob: probability of a JPEG round trip (compressed slides and screenshots).
+        jpeg_quality: (min, max) JPEG quality (uniform integer).
     """
 
     flips: bool = True
@@ -44,6 +49,47 @@ class AugmentConfig:
     saturation: float = 0.1
     gamma: float = 0.2
     noise: float = 0.01
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 90)
+
+
+#: The default model's training augmentation: stain, colour and intensity changes well beyond
+#: the range of one image (e.g. haematoxylin / eosin amounts x 0.6-1.4 at 2 sd), zoom 0.5-2x
+#: (pixel sizes of about 0.25-1 um/px around the assumed 0.5), blur and JPEG artefacts.
+STRONG_AUGMENT = AugmentConfig(
+    scale_range=(0.5, 2.0),
+    stain_sigma=0.2,
+    stain_bias=0.04,
+    brightness=0.1,
+    contrast=0.2,
+    saturation=0.25,
+    gamma=0.4,
+    noise=0.02,
+    blur_prob=0.3,
+    jpeg_prob=0.3,
+)
+
+
+def blur_and_jpeg(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random Gaussian blur and JPEG round trip of an (S, S, 3) uint8 tile (same shape, uint8)."""
+    if cfg.blur_prob and rng.random() < cfg.blur_prob:
+        from scipy import ndimage as ndi
+
+        sd = float(rng.uniform(*cfg.blur_sigma))
+        img = ndi.gaussian_filter(img.astype(np.float32), (sd, sd, 0))
+        img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if cfg.jpeg_prob and rng.random() < cfg.jpeg_prob:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        Image.fromarray(np.ascontiguousarray(img)).save(buf, format="JPEG", quality=q)
+        img = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return img
 
 
 def geometric(
@@ -121,4 +167,9 @@ def augment_tile(
         x = x + rng.normal(0.0, cfg.noise * 255.0, shape)
     if fluo:
         x = np.repeat(x, 3, axis=2)
-    return np.clip(np.round(x), 0, 255).astype(np.uint8), labels
+    out = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    if cfg.blur_prob or cfg.jpeg_prob:
+        out = blur_and_jpeg(out, cfg, rng)
+        if fluo:  # JPEG chroma rounding: keep the three channels equal
+            out = np.repeat(out.mean(axis=2).round().astype(np.uint8)[..., None], 3, axis=2)
+    return out, labels

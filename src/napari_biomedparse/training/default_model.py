@@ -28,11 +28,14 @@ from .data import AnnotatedImage, holdout_region, split_holdout, to_rgb_uint8
 NAME = "napari-biomedparse-default"
 HOLDOUT_REGION = "bottom-right"
 PATHOLOGY_PROMPTS = {1: "connective tissue cells", 2: "inflammatory cells", 3: "neoplastic cells"}
-FLUORESCENCE_PROMPTS = {1: "nuclei"}
+FLUORESCENCE_PROMPTS = {1: "nuclei"}  # == NUCLEI
 #: Assumed pixel size of the pathology training data (microns per pixel).
 PATHOLOGY_MPP = 0.5
-#: Share of training tiles drawn from the fluorescence image.
-FLUORESCENCE_WEIGHT = 0.25
+#: The class-agnostic prompt, trained on every labelled nucleus of every image.
+NUCLEI = "nuclei"
+#: Shares of the training tiles: the H&E image with its three classes, the same image with
+#: every nucleus as ``nuclei``, the stardist image, mnfinder's training split (by area).
+SHARES = {"pathology classes": 0.35, "pathology nuclei": 0.2, "stardist": 0.05, "mnfinder": 0.4}
 
 
 def default_config():
@@ -108,13 +111,28 @@ def load_fluorescence_raw(root: Path | None = None) -> tuple[np.ndarray, np.ndar
 
 
 def datasets(root: Path | None = None) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
-    """(training images with the held-out quarter ignored, held-out crops).
+    """(training images with the held-out quarters ignored, held-out crops).
+
+    Training: the H&E image twice (the three classes; and every labelled nucleus as
+    ``nuclei``, the class-agnostic prompt), the stardist fluorescence image and mnfinder's
+    ``training`` split (:func:`load_mnfinder`), drawn with the shares of :data:`SHARES`.
+    Held out: ``[hgsc_nest quarter, stardist quarter]``; mnfinder's validation / test splits
+    and the ndev frames are held out as a whole (:func:`load_mnfinder`, :func:`load_ndev`).
 
     The fluorescence training image is converted to RGB from its training pixels only
     (held-out pixels set to 0, which the preset's percentiles skip); the held-out crop is
     converted on its own, as a user would convert that image.
     """
     he_train, he_hold = split_holdout(load_pathology(root), HOLDOUT_REGION)
+    he_nuclei = AnnotatedImage(
+        image=he_train.image,
+        classes=(he_train.instances > 0).astype(np.int32),
+        prompts={1: NUCLEI},
+        instances=he_train.instances,
+        ignore=he_train.ignore,
+        modality="pathology",
+        name="hgsc_nest nuclei (train)",
+    )
     raw, inst = load_fluorescence_raw(root)
     ys, xs = holdout_region(raw.shape, HOLDOUT_REGION)
     masked = raw.copy()
@@ -128,7 +146,6 @@ def datasets(root: Path | None = None) -> tuple[list[AnnotatedImage], list[Annot
         instances=inst,
         ignore=ignore,
         modality="fluorescence",
-        weight=FLUORESCENCE_WEIGHT / (1 - FLUORESCENCE_WEIGHT),
         name="stardist_img2d (train)",
     )
     fl_hold = AnnotatedImage(
@@ -139,4 +156,149 @@ def datasets(root: Path | None = None) -> tuple[list[AnnotatedImage], list[Annot
         modality="fluorescence",
         name=f"stardist_img2d (held-out {HOLDOUT_REGION})",
     )
-    return [he_train, fl_train], [he_hold, fl_hold]
+    mnf = load_mnfinder(("training",), root)
+    he_train.weight, he_nuclei.weight, fl_train.weight = (
+        SHARES["pathology classes"],
+        SHARES["pathology nuclei"],
+        SHARES["stardist"],
+    )
+    area = np.array([a.shape[0] * a.shape[1] for a in mnf], float)
+    for a, w in zip(mnf, area / area.sum()):
+        a.weight = SHARES["mnfinder"] * float(w)
+    return [he_train, he_nuclei, fl_train, *mnf], [he_hold, fl_hold]
+
+
+# ----------------------------------------------------------------------------------------------
+# public fluorescence nucleus data shipped in packages (converted once into tests/data)
+
+#: mnfinder 1.2.3 (MIT) nucleus masks, converted by :func:`convert_mnfinder`.
+MNFINDER_FILE = "mnfinder_nuclei.npz"
+#: ndev-sampledata 0.0.3 (BSD-3-Clause) scratch assay, converted by :func:`convert_ndev`.
+NDEV_FILE = "ndev_scratch_assay.npz"
+MNFINDER_SPLITS = ("training", "validation", "test")
+
+
+def _mnfinder_instances(rgba: np.ndarray) -> np.ndarray:
+    """mnfinder nucleus mask (H, W, 4) uint8 -> (H, W) int32 instance ids: the alpha channel
+    marks foreground, the (G, B) pair is the instance id."""
+    ids = rgba[..., 1].astype(np.int32) * 256 + rgba[..., 2].astype(np.int32)
+    ids = np.where(rgba[..., 3] > 0, ids, 0)
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(ids)[0].astype(np.int32)
+
+
+def convert_mnfinder(package_dir: str | Path, out: str | Path) -> Path:
+    """Convert the annotated images inside the mnfinder 1.2.3 package into one ``.npz``.
+
+    ``package_dir`` is the unpacked package (``.../mnfinder``, holding
+    ``{training,validation,test}-data/<folder>/{images,nucleus_masks}``). Each image is
+    converted as the Predictor converts a grey image (``to_rgb_uint8(image, "fluorescence")``:
+    0.5 / 99.5 percentiles of its own positive pixels) and stored as grey uint8 (one channel of
+    that RGB), with its instance labels (uint16) and a line of metadata
+    ``split/folder/stem|cell type|DNA stain`` (cell type and stain from ``image-info.csv`` where
+    it lists the image, else from the folder name).
+    """
+    import csv
+
+    import tifffile
+    from skimage import io
+
+    root = Path(package_dir)
+    info = {}
+    for csv_path in root.glob("*-data/image-info.csv"):
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                info[(row["dataset"], Path(row["image"]).stem)] = row
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    k = 0
+    for split in MNFINDER_SPLITS:
+        for img_path in sorted((root / f"{split}-data").glob("*/images/*.tif")):
+            folder = img_path.parent.parent.name
+            mask_path = img_path.parent.parent / "nucleus_masks" / f"{img_path.stem}.png"
+            if not mask_path.exists():
+                continue
+            raw = tifffile.imread(img_path)
+            rgb = to_rgb_uint8(raw, "fluorescence")
+            row = info.get((folder, img_path.stem), {})
+            cell = row.get("cell_type") or folder.split("_", 1)[-1]
+            stain = row.get("dna_stain") or ""
+            arrays[f"image_{k}"] = rgb[..., 0]
+            arrays[f"labels_{k}"] = _mnfinder_instances(io.imread(mask_path)).astype(np.uint16)
+            meta.append(f"{split}/{folder}/{img_path.stem}|{cell}|{stain}")
+            k += 1
+    out = Path(out)
+    np.savez_compressed(out, meta=np.array(meta), **arrays)
+    return out
+
+
+def convert_ndev(package_dir: str | Path, out: str | Path) -> Path:
+    """Convert ndev-sampledata 0.0.3's scratch assay (OME-TIFF C=4 x T=10 x 210 x 576 uint16,
+    0.619 um/px; channel 0 Hoechst 33342, channel 2 nuclei labels) into one ``.npz``: per
+    frame the Hoechst image as grey uint8 (the Predictor's fluorescence conversion) and the
+    labels (uint16)."""
+    import tifffile
+
+    path = Path(package_dir) / "samples" / "scratch-assay-labeled-10T-2Ch.tiff"
+    data = tifffile.imread(path)  # (C, T, Y, X)
+    images = np.stack([to_rgb_uint8(data[0, t], "fluorescence")[..., 0] for t in range(data.shape[1])])
+    labels = data[2].astype(np.uint16)
+    out = Path(out)
+    np.savez_compressed(out, images=images, labels=labels, mpp=np.float32(0.619))
+    return out
+
+
+def _fluorescence_image(grey: np.ndarray, labels: np.ndarray, name: str, **kw) -> AnnotatedImage:
+    lab = np.asarray(labels).astype(np.int32)
+    return AnnotatedImage(
+        image=np.repeat(np.asarray(grey, np.uint8)[..., None], 3, axis=2),
+        classes=(lab > 0).astype(np.int32),
+        prompts=dict(FLUORESCENCE_PROMPTS),
+        instances=lab,
+        modality="fluorescence",
+        name=name,
+        **kw,
+    )
+
+
+def load_mnfinder(splits=MNFINDER_SPLITS, root: Path | None = None) -> list[AnnotatedImage]:
+    """mnfinder's annotated images of the given splits ("training", "validation", "test"), as
+    fluorescence ``nuclei`` AnnotatedImages named ``mnfinder <split>/<folder>/<stem>``.
+    Their cell type / stain: :func:`mnfinder_info`."""
+    root = Path(root) if root is not None else repo_root()
+    path = root / "tests" / "data" / MNFINDER_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run from a source checkout of napari-biomedparse (the converted "
+            "mnfinder data live in tests/data)."
+        )
+    out = []
+    with np.load(path) as z:
+        for k, line in enumerate(z["meta"]):
+            key = str(line).split("|")[0]
+            if key.split("/")[0] in splits:
+                out.append(_fluorescence_image(z[f"image_{k}"], z[f"labels_{k}"], f"mnfinder {key}"))
+    return out
+
+
+def mnfinder_info(root: Path | None = None) -> dict[str, dict[str, str]]:
+    """``{"mnfinder <split>/<folder>/<stem>": {"split", "folder", "cell_type", "stain"}}``."""
+    root = Path(root) if root is not None else repo_root()
+    with np.load(root / "tests" / "data" / MNFINDER_FILE) as z:
+        meta = [str(m) for m in z["meta"]]
+    out = {}
+    for line in meta:
+        key, cell, stain = line.split("|")
+        split, folder, _ = key.split("/", 2)
+        out[f"mnfinder {key}"] = {"split": split, "folder": folder, "cell_type": cell, "stain": stain}
+    return out
+
+
+def load_ndev(frames=(0,), root: Path | None = None) -> list[AnnotatedImage]:
+    """Frames of the ndev-sampledata scratch assay (210 x 576 px, 0.619 um/px, Hoechst) with
+    its nuclei labels, which are probably model output: used for evaluation only."""
+    root = Path(root) if root is not None else repo_root()
+    with np.load(root / "tests" / "data" / NDEV_FILE) as z:
+        images, labels = z["images"], z["labels"]
+    return [_fluorescence_image(images[t], labels[t], f"ndev scratch assay t={t}") for t in frames]
