@@ -250,6 +250,10 @@ def _load_file(p: Path, device, config: BiomedParseConfig | None = None) -> Biom
         if model.metadata.get("target_dist") is None:
             td = p.with_name(V1_TARGET_DIST)
             model.metadata["target_dist"] = _read_target_dist(td if td.is_file() else None)
+        if not model.metadata.get("inference"):  # how v1 is applied (docs/slides.md)
+            from .inference.application import V1_INFERENCE
+
+            model.metadata["inference"] = json.loads(json.dumps(V1_INFERENCE))
     elif not model.metadata.get("name"):
         model.metadata["name"] = p.stem
     return model
