@@ -74,13 +74,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    from napari_biomedparse.training.augment import STRONG_AUGMENT
     from napari_biomedparse.training.default_model import (
         NAME,
         PATHOLOGY_MPP,
         datasets,
         default_config,
     )
-    from napari_biomedparse.training.augment import STRONG_AUGMENT
     from napari_biomedparse.training.finetune import finetune
 
     train, held = datasets()

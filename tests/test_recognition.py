@@ -188,3 +188,50 @@ def test_nothing_survives_and_bad_input():
         recognize_maps(probs, ["a", "b", "c"])
     with pytest.raises(ValueError, match="p_values has 1"):
         recognize_maps(probs, ["a", "b"], [0.5])
+
+
+# ------------------------------------------------------------------ every nucleus answered
+def _two_nuclei_field():
+    """A classified nucleus and an unclassified one; the class-agnostic map sees both."""
+    yy, xx = np.mgrid[:80, :80]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 < 8**2
+    b = (yy - 55) ** 2 + (xx - 55) ** 2 < 8**2
+    probs = np.zeros((3, 80, 80), np.float32)
+    probs[0][a] = 0.9  # neoplastic: nucleus a only
+    probs[1][a] = 0.2  # inflammatory: nowhere above 0.5
+    probs[2][a | b] = 0.8  # nuclei: both
+    return probs, a, b
+
+
+def test_unclaimed_nuclei_become_the_unclassified_class():
+    from napari_biomedparse.inference.recognition import UNCLASSIFIED, class_names
+
+    probs, a, b = _two_nuclei_field()
+    targets = ["neoplastic cells", "inflammatory cells", "nuclei"]
+    cm, kept = recognize_maps(probs, targets, None)
+    names = class_names(targets)
+    assert names == ["neoplastic cells", "inflammatory cells", UNCLASSIFIED]
+    assert kept == ["neoplastic cells", UNCLASSIFIED]
+    assert (cm[a] == 1).all()  # the class keeps its nucleus (nuclei take no part in the NMS)
+    assert (cm[b] == 3).all()  # the other nucleus is answered, as unclassified
+    assert (cm[~(a | b)] == 0).all()
+    # without the class-agnostic target the unclaimed nucleus is dropped (official rules)
+    cm2, kept2 = recognize_maps(probs[:2], targets[:2], None)
+    assert (cm2[b] == 0).all() and kept2 == ["neoplastic cells"]
+    # alone (fluorescence vocabulary) "nuclei" is an ordinary target, not "unclassified"
+    cm3, kept3 = recognize_maps(probs[2:], ["nuclei"], None)
+    assert kept3 == ["nuclei"] and (cm3[a | b] == 1).all()
+
+
+def test_unclassified_respects_existence_filter_and_partial_claims():
+    probs, a, b = _two_nuclei_field()
+    targets = ["neoplastic cells", "inflammatory cells", "nuclei"]
+    # nuclei filtered out by its p-value: no unclassified objects
+    cm, kept = recognize_maps(probs, targets, [0.5, 0.5, 0.001], p_threshold=0.05)
+    assert kept == ["neoplastic cells"] and not (cm == 3).any()
+    # a nucleus mostly claimed by a class gets no unclassified fragment around it
+    probs[0][a] = 0.0
+    yy, xx = np.mgrid[:80, :80]
+    probs[0][((yy - 20) ** 2 + (xx - 20) ** 2 < 6**2)] = 0.9  # ~56 % of nucleus a
+    cm, _ = recognize_maps(probs, targets, None)
+    assert not (cm[a] == 3).any() and (cm[b] == 3).all()

@@ -15,6 +15,14 @@ runs every target of an image type, then
 
 See ``shared/reference/v1_facts.md`` section 8. The official code loops over pixels in Python;
 these are vectorised equivalents (same tie-breaking: the earlier target wins).
+
+Every nucleus answered (an addition to the official rules): when the class-agnostic target
+:data:`CLASS_AGNOSTIC` (``"nuclei"``) runs beside class targets (e.g. the default model's
+pathology vocabulary), it takes no part in steps 1-3; afterwards each of its objects (its
+mask, prob > 0.5, split into instances) of which the classes claim less than half becomes an
+object of the explicit class :data:`UNCLASSIFIED` (``"unclassified nuclei"``) on its pixels
+that no class holds, scored by the ``nuclei`` probability (:func:`claim_unclassified`). So no
+nucleus the model finds is dropped for want of a class, and no class is guessed for it.
 """
 
 from __future__ import annotations
@@ -23,7 +31,78 @@ import math
 
 import numpy as np
 
-__all__ = ["combine_masks", "non_maxima_suppression", "recognize_maps"]
+__all__ = [
+    "CLASS_AGNOSTIC",
+    "UNCLASSIFIED",
+    "agnostic_index",
+    "claim_unclassified",
+    "class_names",
+    "combine_masks",
+    "non_maxima_suppression",
+    "recognize_maps",
+]
+
+#: The class-agnostic target (trained on every labelled nucleus, whatever its class).
+CLASS_AGNOSTIC = "nuclei"
+#: The class of the objects the class-agnostic target finds and no class claims.
+UNCLASSIFIED = "unclassified nuclei"
+
+
+def agnostic_index(targets) -> int | None:
+    """Index of :data:`CLASS_AGNOSTIC` in ``targets`` when it runs beside at least one class
+    target, else None (alone, e.g. fluorescence ``nuclei``, it is an ordinary target)."""
+    names = [str(t).strip().lower() for t in targets]
+    if CLASS_AGNOSTIC in names and len(names) > 1:
+        return names.index(CLASS_AGNOSTIC)
+    return None
+
+
+def class_names(targets) -> list[str]:
+    """The names of the classes of a recognition over ``targets`` (class value k = 1 + index):
+    the targets, with the class-agnostic one named :data:`UNCLASSIFIED` when it runs beside
+    class targets."""
+    names = [str(t) for t in targets]
+    k = agnostic_index(names)
+    if k is not None:
+        names[k] = UNCLASSIFIED
+    return names
+
+
+def claim_unclassified(
+    class_map: np.ndarray, agnostic_prob: np.ndarray, value: int, min_fraction: float = 0.5
+) -> np.ndarray:
+    """Give the nuclei that no class claims to the unclassified class.
+
+    Args:
+        class_map: (H, W) int, 0 background, > 0 a class.
+        agnostic_prob: (H, W) float probability of :data:`CLASS_AGNOSTIC`.
+        value: class value of :data:`UNCLASSIFIED` in the class map.
+        min_fraction: an object of the agnostic mask (prob > 0.5, split into instances by
+            :func:`~.instances.split_instances`) is unclassified when the classes hold less
+            than this fraction of its pixels.
+
+    Returns:
+        (H, W) int32 class map: the input, plus ``value`` on the pixels of unclassified
+        objects that no class holds (class pixels are never changed).
+    """
+    from .instances import split_instances
+
+    class_map = np.asarray(class_map)
+    prob = np.asarray(agnostic_prob, dtype=np.float32)
+    out = class_map.astype(np.int32, copy=True)
+    mask = prob > 0.5
+    if not mask.any():
+        return out
+    inst = split_instances(mask, prob)
+    n = int(inst.max())
+    if n == 0:
+        return out
+    area = np.bincount(inst.ravel(), minlength=n + 1)
+    claimed = np.bincount(inst[class_map > 0].ravel(), minlength=n + 1)
+    free = claimed < min_fraction * area
+    free[0] = False
+    out[free[inst] & (class_map == 0)] = value
+    return out
 
 
 def _check_probs(probs, n: int | None = None) -> np.ndarray:
@@ -139,10 +218,13 @@ def recognize_maps(
 
     Returns:
         (class_map, kept_targets): class_map (H, W) int32, 0 = background and k = 1 + index of
-        the target in ``targets``; kept_targets: the targets that survived filtering,
-        suppression and combination, in the order of ``targets``.
+        the target in ``targets``; kept_targets: the classes present in the class map, named
+        as :func:`class_names` (the class-agnostic target beside class targets is
+        :data:`UNCLASSIFIED`: see the module docstring), in the order of ``targets``.
     """
     targets = list(targets)
+    names = class_names(targets)
+    agn = agnostic_index(targets)
     probs = _check_probs(probs, len(targets))
     n = len(targets)
     if p_values is not None:
@@ -152,12 +234,19 @@ def recognize_maps(
     order = nms_order(p_values, n)
     if p_threshold and p_values is not None:
         order = [i for i in order if math.isnan(p_values[i]) or p_values[i] >= p_threshold]
+    use_agnostic = agn is not None and agn in order
+    if agn is not None:
+        order = [i for i in order if i != agn]
     kept = non_maxima_suppression(probs, order=order)
-    if not kept:
-        return np.zeros(probs.shape[1:], dtype=np.int32), []
-    winner, surv = combine_masks(probs, order=kept)
-    class_map = (winner + 1).astype(np.int32)
+    if kept:
+        winner, surv = combine_masks(probs, order=kept)
+        class_map = (winner + 1).astype(np.int32)
+    else:
+        class_map, surv = np.zeros(probs.shape[1:], dtype=np.int32), []
+    if use_agnostic:
+        class_map = claim_unclassified(class_map, probs[agn], agn + 1)
+        surv = [*surv, agn]
     # a survivor can end with no pixel; report the targets present in the class map
     present = set(np.unique(class_map[class_map > 0]) - 1)
-    kept_targets = [targets[i] for i in range(n) if i in surv and i in present]
+    kept_targets = [names[i] for i in range(n) if i in surv and i in present]
     return class_map, kept_targets

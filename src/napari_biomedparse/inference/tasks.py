@@ -36,6 +36,7 @@ from .existence import DEFAULT_P_THRESHOLD, TargetDistribution, existence_p_valu
 from .instances import TABLE_COLUMNS, instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
+from .recognition import class_names as recognition_class_names
 from .recognition import recognize_maps
 from .results import Detection, Recognition
 from .tiled import inference_spec, predict_tiled, rescale_factor, rescale_rgb, resize_probs
@@ -512,8 +513,9 @@ def _recognize_2d(
         )
         pv = existence_p_values(rgb, probs, it, targets, td)
     class_map, kept = recognize_maps(probs, targets, pv, p_threshold)
+    names = recognition_class_names(targets)  # "nuclei" beside classes: "unclassified nuclei"
     labels, table = instances_from_class_map(
-        class_map, probs, targets, p_values=pv, mpp=mpp, start=start, **kw
+        class_map, probs, names, p_values=pv, mpp=mpp, start=start, **kw
     )
     return labels, class_map, kept, table, probs, pv
 
@@ -596,7 +598,7 @@ def recognize(
     return Recognition(
         labels=labels,
         classes=classes,
-        class_names=list(targets),
+        class_names=recognition_class_names(targets),
         kept=kept,
         table=table,
         probs=probs,

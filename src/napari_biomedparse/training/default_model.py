@@ -242,7 +242,9 @@ def convert_ndev(package_dir: str | Path, out: str | Path) -> Path:
 
     path = Path(package_dir) / "samples" / "scratch-assay-labeled-10T-2Ch.tiff"
     data = tifffile.imread(path)  # (C, T, Y, X)
-    images = np.stack([to_rgb_uint8(data[0, t], "fluorescence")[..., 0] for t in range(data.shape[1])])
+    images = np.stack(
+        [to_rgb_uint8(data[0, t], "fluorescence")[..., 0] for t in range(data.shape[1])]
+    )
     labels = data[2].astype(np.uint16)
     out = Path(out)
     np.savez_compressed(out, images=images, labels=labels, mpp=np.float32(0.619))
@@ -278,7 +280,9 @@ def load_mnfinder(splits=MNFINDER_SPLITS, root: Path | None = None) -> list[Anno
         for k, line in enumerate(z["meta"]):
             key = str(line).split("|")[0]
             if key.split("/")[0] in splits:
-                out.append(_fluorescence_image(z[f"image_{k}"], z[f"labels_{k}"], f"mnfinder {key}"))
+                out.append(
+                    _fluorescence_image(z[f"image_{k}"], z[f"labels_{k}"], f"mnfinder {key}")
+                )
     return out
 
 
@@ -291,7 +295,12 @@ def mnfinder_info(root: Path | None = None) -> dict[str, dict[str, str]]:
     for line in meta:
         key, cell, stain = line.split("|")
         split, folder, _ = key.split("/", 2)
-        out[f"mnfinder {key}"] = {"split": split, "folder": folder, "cell_type": cell, "stain": stain}
+        out[f"mnfinder {key}"] = {
+            "split": split,
+            "folder": folder,
+            "cell_type": cell,
+            "stain": stain,
+        }
     return out
 
 
