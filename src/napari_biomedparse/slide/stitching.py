@@ -13,31 +13,46 @@ by an image-wide NMS and an area rule before assigning each pixel to the survivi
 with the highest probability above 0.5. The image-wide steps do not tile (their outcome for
 one tile would depend on the whole field), so the slide engine applies the local part only:
 a pixel belongs to ``argmax_p prob_p`` when that maximum exceeds ``threshold`` (0.5), else to
-background. Classes that are absent simply produce no pixels above 0.5.
+background. Classes that are absent simply produce no pixels above 0.5. The class-agnostic
+``nuclei`` map beside class maps (class name ``unclassified nuclei``) gets the pixels where it
+exceeds 0.5 and no class does (the local form of the recognition's unclassified rule).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .store import read_state
+from napari_biomedparse.inference.recognition import UNCLASSIFIED, agnostic_index
+
+from .store import read_meta, read_state
 from .tiling import TileGrid, blend_weights
 
 __all__ = ["blend_region", "class_map", "blend_chunks"]
 
 
-def class_map(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def class_map(probs: np.ndarray, threshold: float = 0.5, agnostic: int | None = None) -> np.ndarray:
     """Per-pixel class ``(H, W)`` uint8 from probabilities ``(P, H, W)`` (float in [0, 1]
-    or uint8 x 255): ``1 + argmax`` where the maximum exceeds ``threshold``, else 0."""
+    or uint8 x 255): ``1 + argmax`` where the maximum exceeds ``threshold``, else 0.
+
+    ``agnostic``: index of the class-agnostic ``nuclei`` map beside class maps
+    (:data:`~napari_biomedparse.inference.recognition.UNCLASSIFIED`): it takes no part in the
+    argmax and gets the pixels where it exceeds ``threshold`` and no class does."""
     if probs.dtype == np.uint8:
         thr = threshold * 255.0
     else:
         thr = threshold
     if probs.shape[0] == 0:
         return np.zeros(probs.shape[1:], np.uint8)
-    am = np.argmax(probs, axis=0)
-    mx = np.take_along_axis(probs, am[None], axis=0)[0]
-    return np.where(mx > thr, am + 1, 0).astype(np.uint8)
+    cls = probs
+    if agnostic is not None:
+        cls = probs.copy()
+        cls[agnostic] = 0
+    am = np.argmax(cls, axis=0)
+    mx = np.take_along_axis(cls, am[None], axis=0)[0]
+    out = np.where(mx > thr, am + 1, 0).astype(np.uint8)
+    if agnostic is not None:
+        out[(out == 0) & (probs[agnostic] > thr)] = agnostic + 1
+    return out
 
 
 class TileCache:
@@ -115,6 +130,8 @@ def blend_chunks(
     probs = group["probs/0"]
     state = group["probs_state"]
     classes = group["classes/0"] if recognize else None
+    names = read_meta(group).get("class_names") or []
+    agnostic = names.index(UNCLASSIFIED) if UNCLASSIFIED in names else agnostic_index(names)
     C = probs.chunks[1]
     H, W = grid.shape
     nbx = -(-W // C)
@@ -134,7 +151,7 @@ def blend_chunks(
             q = np.rint(p * 255.0).astype(np.uint8)
             probs[:, y0:y1, x0:x1] = q
             if classes is not None:
-                classes[y0:y1, x0:x1] = class_map(q, threshold)
+                classes[y0:y1, x0:x1] = class_map(q, threshold, agnostic)
         state[bi, bj] = 1
         written += 1
         if progress is not None:
