@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
@@ -17,6 +18,7 @@ from napari_biomedparse.inference.instances import (
     relabel_sequential,
     split_instances,
 )
+from napari_biomedparse.inference.objects import COLUMN_DTYPES
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -148,21 +150,24 @@ def test_instance_table_values():
     probs = np.zeros((2, 20, 30), np.float32)
     probs[0][labels == 9] = 0.8
     probs[1][labels == 5] = 0.6
-    t = instance_table(labels, classes, probs, ["cat", "dog"], p_values=[0.3, 0.7], mpp=0.5)
+    t = instance_table(labels, classes, probs, ["cat", "dog"], mpp=0.5)
     assert list(t.columns) == TABLE_COLUMNS and len(t) == 2
     a, b = t.set_index("label").loc[5], t.set_index("label").loc[9]
-    assert (a["class"], a["class_id"], a["area"], a["p_value"]) == ("dog", 2, 20, 0.7)
+    assert (a["class"], a["class_id"], a["area"]) == ("dog", 2, 20)
     assert a["area_um2"] == pytest.approx(20 * 0.25)
     assert (a["centroid_y"], a["centroid_x"]) == pytest.approx((3.5, 5.0))
     assert (a["bbox_y0"], a["bbox_x0"], a["bbox_y1"], a["bbox_x1"]) == (2, 3, 6, 8)
-    assert a["mean_prob"] == pytest.approx(0.6) and a["score"] == pytest.approx(0.6)
-    assert (b["class"], b["area"], b["p_value"]) == ("cat", 10, 0.3)
-    assert b["mean_prob"] == pytest.approx(0.8)
+    assert a["score"] == pytest.approx(0.6)  # pure instance: the mean probability
+    assert (b["class"], b["area"]) == ("cat", 10)
     assert b["score"] == pytest.approx(0.8 * 9 / 10)  # purity 9 / 10
     empty = instance_table(np.zeros((4, 4), int), None, None, ["x"])
     assert list(empty.columns) == TABLE_COLUMNS and len(empty) == 0
     no_mpp = instance_table(labels, classes, probs, ["cat", "dog"])
-    assert no_mpp["area_um2"].isna().all() and no_mpp["p_value"].isna().all()
+    assert no_mpp["area_um2"].isna().all()
+    assert all(
+        pd.api.types.is_string_dtype(t[c]) if d == "object" else str(t[c].dtype) == d
+        for c, d in COLUMN_DTYPES.items()
+    )
 
 
 def _shoelace(poly):

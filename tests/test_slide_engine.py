@@ -142,7 +142,6 @@ def test_cmu_end_to_end_with_model(real_run, tmp_path):
         "bbox_x0",
         "bbox_y1",
         "bbox_x1",
-        "mean_prob",
     ):
         assert col in t.columns
     assert t["label"].is_unique

@@ -14,12 +14,14 @@ coordinates of that array (for a whole slide: level-0 pixels).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+# the colour of a class name, the same in napari and every export (GeoJSON, CSV)
+from napari_biomedparse.inference.objects import class_color as class_color_rgb
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -32,52 +34,6 @@ MAX_OUTLINES = 2000
 MAX_TEXT = 100
 #: Vertices kept per outline (polygons are subsampled evenly to at most this many).
 MAX_VERTICES = 32
-
-# A colour-blind-friendly categorical palette (Okabe-Ito + Tableau), RGB 0-255.
-_PALETTE = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 225, 25),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
-]
-
-# Fixed colours for common pathology classes, close to QuPath's defaults.
-# (The five PanNuke classes use the slide engine's GeoJSON colours, so that napari and
-# QuPath show the same colour for a class.)
-_KNOWN = {
-    "neoplastic cells": (255, 0, 0),
-    "tumor": (200, 0, 0),
-    "inflammatory cells": (0, 200, 0),
-    "connective tissue cells": (0, 80, 255),
-    "epithelial cells": (255, 160, 0),
-    "dead cells": (255, 255, 0),
-    "necrosis": (50, 50, 50),
-    "cell": (255, 200, 0),
-    "nuclei": (255, 200, 0),
-    "glandular structure": (0, 160, 160),
-}
-
-
-def class_color_rgb(name: str) -> tuple[int, int, int]:
-    """A stable RGB (0-255) colour for a class name (the same in every run and layer)."""
-    key = str(name).strip().lower()
-    if key in _KNOWN:
-        return _KNOWN[key]
-    return _PALETTE[zlib.crc32(key.encode()) % len(_PALETTE)]
 
 
 def class_color(name: str, alpha: float = 1.0) -> np.ndarray:

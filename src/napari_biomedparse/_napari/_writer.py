@@ -1,9 +1,8 @@
 """Writer: Labels (with features) or Shapes as QuPath GeoJSON or CSV.
 
-GeoJSON goes through the slide engine's encoder (:mod:`napari_biomedparse.slide.export`):
-the layer is wrapped in a small object with the attributes that encoder reads (``table``,
-``outlines``, ``class_names``, ``class_colors``, ``offset``, ``params``). Coordinates are
-pixels of the source image (level 0 for a slide), in QuPath's convention (pixel ``k`` spans
+GeoJSON and CSV go through the package's one writer of per-object tables
+(:mod:`napari_biomedparse.inference.geojson`, :func:`~napari_biomedparse.inference.objects.
+write_table`), straight from the layer's data in memory. Coordinates are pixels of the source image (level 0 for a slide), in QuPath's convention (pixel ``k`` spans
 ``[k, k+1)``), computed from the layer's ``scale`` / ``translate`` and the image transform
 recorded in the layer's metadata by the widgets.
 
@@ -14,38 +13,19 @@ only what napari draws.
 from __future__ import annotations
 
 import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._layers import class_color_rgb
-
 _TABLE_DEFAULTS = {
     "class_id": 0,
     "score": np.nan,
-    "p_value": np.nan,
     "area": np.nan,
     "area_um2": np.nan,
     "centroid_y": np.nan,
     "centroid_x": np.nan,
-    "mean_prob": np.nan,
 }
-
-
-@dataclass
-class LayerResult:
-    """What :func:`napari_biomedparse.slide.export.write_geojson` reads, from a layer."""
-
-    table: pd.DataFrame
-    outlines: pd.DataFrame
-    class_names: list[str]
-    class_colors: list[tuple[int, int, int]]
-    offset: tuple[int, int] = (0, 0)
-    params: dict = field(default_factory=dict)
-    path: Path | None = None  # a folder with table.parquet / outlines.parquet (see _stored)
 
 
 def _bp(attributes: dict) -> dict:
@@ -86,8 +66,6 @@ def _table_from_features(features: pd.DataFrame, a, b) -> pd.DataFrame:
     for col, default in _TABLE_DEFAULTS.items():
         if col not in f.columns:
             f[col] = default
-    if "mean_prob" in f.columns and f["mean_prob"].isna().all():
-        f["mean_prob"] = f["score"]
     f["centroid_y"] = f["centroid_y"].astype(float) * a[0] + b[0]
     f["centroid_x"] = f["centroid_x"].astype(float) * a[1] + b[1]
     for c, i in (("bbox_y0", 0), ("bbox_y1", 0), ("bbox_x0", 1), ("bbox_x1", 1)):
@@ -95,42 +73,21 @@ def _table_from_features(features: pd.DataFrame, a, b) -> pd.DataFrame:
             f[c] = f[c].astype(float) * a[i] + b[i]
     if "area" in f.columns:
         f["area"] = f["area"].astype(float) * a[0] * a[1]
-    return f, names
+    return f
 
 
-def _result(table, names, rings: dict[int, np.ndarray], name: str) -> LayerResult:
-    """rings: label -> (K, 2) yx in image pixel-centre coordinates."""
-    labels, ys, xs = [], [], []
-    for lab, ring in rings.items():
-        ring = np.asarray(ring, dtype=np.float64) + 0.5  # QuPath: pixel k spans [k, k+1)
-        ring = np.vstack([ring, ring[:1]])
-        labels.append(int(lab))
-        ys.append(ring[:, 0].astype(np.float32))
-        xs.append(ring[:, 1].astype(np.float32))
-    outlines = pd.DataFrame({"label": labels, "y": ys, "x": xs})
-    return LayerResult(
-        table=table.reset_index(drop=True),
-        outlines=outlines,
-        class_names=names,
-        class_colors=[class_color_rgb(n) for n in names],
-        params={"source": {"name": name}},
-    )
+def _write(path: str, table: pd.DataFrame, rings_fn, name: str) -> list[str]:
+    """rings_fn() -> {label: (K, 2) yx} in image pixel-centre coordinates."""
+    from napari_biomedparse.inference.geojson import write_geojson
+    from napari_biomedparse.inference.objects import write_table
 
-
-def _write(path: str, table: pd.DataFrame, result_fn) -> list[str]:
-    from napari_biomedparse.slide.export import write_geojson, write_table
-
+    table = table.reset_index(drop=True)
     if Path(path).suffix.lower() == ".csv":
         cols = [c for c in table.columns if c != "class_id"]
         return [os.fspath(write_table(table[cols], path, "csv"))]
-    result = result_fn()
-    # the encoder streams a result's table / outlines from its Parquet files, as a slide
-    # store holds them: give it the same two files in a temporary folder
-    with tempfile.TemporaryDirectory(prefix="biomedparse-export-") as tmp:
-        result.path = Path(tmp)
-        result.table.to_parquet(result.path / "table.parquet", index=False)
-        result.outlines.to_parquet(result.path / "outlines.parquet", index=False)
-        return [os.fspath(write_geojson(result, path))]
+    # QuPath: pixel k spans [k, k+1)
+    rings = {int(lab): np.asarray(r, dtype=np.float64) + 0.5 for lab, r in rings_fn().items()}
+    return [os.fspath(write_geojson(path, [(table, rings)], source=name))]
 
 
 def _write_store(path: str, store) -> list[str]:
@@ -161,18 +118,15 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
 
         features = instance_table(labels).rename(columns={"label": "index"})
     features = features[features["index"] > 0]
-    table, names = _table_from_features(features, a, b)
+    table = _table_from_features(features, a, b)
 
-    def result():
+    def rings():
         from napari_biomedparse.inference.instances import instance_outlines
 
         kept = set(table["label"])
-        rings = {
-            lab: ring * a + b for lab, ring in instance_outlines(labels).items() if lab in kept
-        }
-        return _result(table, names, rings, attributes.get("name", "labels"))
+        return {lab: ring * a + b for lab, ring in instance_outlines(labels).items() if lab in kept}
 
-    return _write(path, table, result)
+    return _write(path, table, rings, attributes.get("name", "labels"))
 
 
 def write_shapes(path: str, data, attributes: dict) -> list[str]:
@@ -192,11 +146,11 @@ def write_shapes(path: str, data, attributes: dict) -> list[str]:
     # geometry of each shape in image pixels (measurements the layer may not have)
     cy = [float(p[:, 0].mean()) for p in polys]
     cx = [float(p[:, 1].mean()) for p in polys]
-    table, names = _table_from_features(
+    table = _table_from_features(
         features.drop(columns=["centroid_y", "centroid_x"], errors="ignore"),
         np.ones(2),
         np.zeros(2),
     )
     table["centroid_y"], table["centroid_x"] = cy, cx
     rings = dict(zip(table["label"].astype(int), polys))
-    return _write(path, table, lambda: _result(table, names, rings, attributes.get("name", "")))
+    return _write(path, table, lambda: rings, attributes.get("name", ""))

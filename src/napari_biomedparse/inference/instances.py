@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .objects import TABLE_COLUMNS, empty_table
+
 __all__ = [
     "SplitParams",
     "TABLE_COLUMNS",
@@ -31,25 +33,6 @@ __all__ = [
     "relabel_sequential",
     "split_instances",
 ]
-
-#: Columns of :func:`instance_table`, in order.
-TABLE_COLUMNS = [
-    "label",
-    "class",
-    "class_id",
-    "score",
-    "p_value",
-    "area",
-    "area_um2",
-    "centroid_y",
-    "centroid_x",
-    "bbox_y0",
-    "bbox_x0",
-    "bbox_y1",
-    "bbox_x1",
-    "mean_prob",
-]
-
 
 @dataclass(frozen=True)
 class SplitParams:
@@ -420,7 +403,6 @@ def instance_table(
     class_map=None,
     probs=None,
     class_names=None,
-    p_values=None,
     mpp: float | None = None,
 ) -> pd.DataFrame:
     """One row per instance with its class and measurements.
@@ -432,16 +414,15 @@ def instance_table(
         probs: (K, H, W) float32 probability per class (K = len(class_names)), or (H, W) for a
             single class, or None (then scores are NaN).
         class_names: list of K class names; None gives "class_1", ...
-        p_values: (K,) existence p-value per class, or None (NaN in the table).
         mpp: pixel size in microns per pixel; gives ``area_um2`` (NaN when None).
 
     Returns:
-        pandas.DataFrame with the columns :data:`TABLE_COLUMNS`: ``label`` (instance id),
-        ``class_id`` (k), ``class`` (name), ``score`` (``mean_prob`` times the fraction of the
-        instance's pixels whose class-map class is its class, in [0, 1]), ``p_value`` (of its
-        class), ``area`` (pixels), ``area_um2`` (square microns), ``centroid_y``/``centroid_x``
-        (pixels, float), ``bbox_y0``/``bbox_x0``/``bbox_y1``/``bbox_x1`` (pixels, half-open:
-        rows y0..y1-1), ``mean_prob`` (mean probability of its class over the instance).
+        pandas.DataFrame with the per-object schema (:data:`.objects.TABLE_COLUMNS`):
+        ``label`` (instance id), ``class_id`` (k), ``class`` (name), ``score`` (mean
+        probability of its class over the instance times the fraction of the instance's pixels
+        whose class-map class is its class, in [0, 1]; NaN without ``probs``), ``area``
+        (pixels), ``area_um2`` (square microns), ``centroid_y``/``centroid_x`` (pixels, float),
+        ``bbox_y0``/``bbox_x0``/``bbox_y1``/``bbox_x1`` (pixels, half-open: rows y0..y1-1).
         The class of an instance is the most frequent non-zero class under it.
     """
     labels = np.asarray(labels)
@@ -470,14 +451,10 @@ def instance_table(
         raise ValueError(
             f"probs has {probs.shape[0]} classes but class_names has {len(class_names)}"
         )
-    if p_values is not None:
-        p_values = np.asarray(p_values, dtype=np.float64).reshape(-1)
-        if p_values.size != len(class_names):
-            raise ValueError(f"p_values has {p_values.size} entries, expected {len(class_names)}")
 
     fg = labels > 0
     if not fg.any():
-        return _empty_table()
+        return empty_table()
     lab_px = labels[fg].astype(np.int64)
     cls_px = class_map[fg].astype(np.int64)
     ids, inv = np.unique(lab_px, return_inverse=True)
@@ -510,18 +487,12 @@ def instance_table(
     else:
         mean_prob = np.full(n, np.nan)
     names = np.array(["background", *class_names], dtype=object)
-    pv = (
-        np.where(cls_of > 0, p_values[np.clip(cls_of - 1, 0, None)], np.nan)
-        if p_values is not None
-        else np.full(n, np.nan)
-    )
     table = pd.DataFrame(
         {
             "label": ids.astype(np.int64),
             "class_id": cls_of.astype(np.int64),
             "class": names[np.clip(cls_of, 0, ncls - 1)],
             "score": mean_prob * purity,
-            "p_value": pv,
             "area": area.astype(np.int64),
             "area_um2": area * float(mpp) ** 2 if mpp else np.full(n, np.nan),
             "centroid_y": cy,
@@ -530,27 +501,10 @@ def instance_table(
             "bbox_x0": x0,
             "bbox_y1": y1 + 1,
             "bbox_x1": x1 + 1,
-            "mean_prob": mean_prob,
         },
         columns=TABLE_COLUMNS,
     )
     return table
-
-
-def _empty_table() -> pd.DataFrame:
-    dtypes = {
-        "label": "int64",
-        "class_id": "int64",
-        "class": "object",
-        "area": "int64",
-        "bbox_y0": "int64",
-        "bbox_x0": "int64",
-        "bbox_y1": "int64",
-        "bbox_x1": "int64",
-    }
-    return pd.DataFrame(
-        {c: pd.Series(dtype=dtypes.get(c, "float64")) for c in TABLE_COLUMNS}, columns=TABLE_COLUMNS
-    )
 
 
 def instance_outlines(labels) -> dict[int, np.ndarray]:

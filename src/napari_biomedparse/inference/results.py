@@ -8,11 +8,50 @@ p-values (P, Z), label images (Z, H, W), and the tables gain a ``z`` column.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["Detection", "Recognition"]
+
+
+class _Exports:
+    """GeoJSON / CSV export of a result's ``table`` and ``outlines()`` (2-D or 3-D)."""
+
+    def to_geojson(self, path, object_type: str = "detection", *, source: str = "") -> Path:
+        """Write the objects as a QuPath GeoJSON FeatureCollection; returns the path.
+
+        Coordinates are pixels of the input image in QuPath's convention (pixel k spans
+        [k, k+1)); classes carry the colour napari shows (:func:`.objects.class_color`). For a
+        3-D stack every object is one polygon of its slice, measurement "Z slice".
+        """
+        from .geojson import write_geojson
+
+        rings = {lab: _qupath(r) for lab, r in self.outlines().items()}
+        return write_geojson(path, [(self.table, rings)], object_type=object_type, source=source)
+
+    def to_csv(self, path) -> Path:
+        """Write ``table`` as CSV (text cells safe for spreadsheets); returns the path."""
+        from .objects import write_table
+
+        return write_table(self.table, path, "csv")
+
+
+def _per_prompt(p_values) -> np.ndarray:
+    """(P,) p-values; for 3-D (P, Z) the smallest over the slices (NaN when none is testable)."""
+    pv = np.asarray(p_values, dtype=np.float64)
+    if pv.ndim > 1:
+        pv = np.nanmin(np.where(np.isnan(pv), np.inf, pv), axis=1)
+        pv = np.where(np.isinf(pv), np.nan, pv)
+    return pv
+
+
+def _qupath(ring: np.ndarray) -> np.ndarray:
+    """Outline vertices (pixel centres at integers) -> QuPath's convention (+0.5 in y, x)."""
+    ring = np.array(ring, dtype=np.float64)
+    ring[:, -2:] += 0.5
+    return ring
 
 
 def _outlines_of(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -28,7 +67,7 @@ def _outlines_of(labels: np.ndarray) -> dict[int, np.ndarray]:
 
 
 @dataclass
-class Detection:
+class Detection(_Exports):
     """Which prompted objects are present, and their instances.
 
     Attributes:
@@ -45,8 +84,9 @@ class Detection:
             across prompts, so ``table.label`` identifies an instance. Prompts judged absent
             have no instances.
         table: one row per instance: ``prompt`` (= ``class``), the columns of
-            :func:`~.instances.instance_table` (label, class, score, p_value, area, area_um2,
-            centroid_y/x, bbox_y0/x0/y1/x1, mean_prob), in pixels of the input image.
+            per-object schema (:mod:`.objects`: label, class, class_id, score, area, area_um2,
+            centroid_y/x, bbox_y0/x0/y1/x1), in pixels of the input image; the existence
+            p-value of each prompt is in :meth:`summary`.
         p_threshold: the existence threshold used (None: no filtering).
         mask_threshold: probability threshold of the masks.
         image_type: the image type the preset and the statistics used (e.g. "Pathology").
@@ -82,12 +122,10 @@ class Detection:
     def summary(self) -> pd.DataFrame:
         """One row per prompt: prompt, p_value, present, testable, in_vocabulary, n_instances."""
         counts = self.table.groupby("prompt").size() if len(self.table) else pd.Series(dtype=int)
-        pv = np.asarray(self.p_values)
+        pv = _per_prompt(self.p_values)
         present = np.asarray(self.present)
         testable = np.asarray(self.testable)
-        if pv.ndim > 1:  # 3-D: p-values per slice; a prompt is present if present in any slice
-            pv = np.nanmin(np.where(np.isnan(pv), np.inf, pv), axis=1)
-            pv = np.where(np.isinf(pv), np.nan, pv)
+        if present.ndim > 1:  # 3-D: a prompt is present if present in any slice
             present = present.any(axis=1)
             testable = testable.all(axis=1) if testable.ndim > 1 else testable
         return pd.DataFrame(
@@ -103,7 +141,7 @@ class Detection:
 
 
 @dataclass
-class Recognition:
+class Recognition(_Exports):
     """Every object of every target of a modality, each instance labelled with its class.
 
     Attributes:
@@ -113,9 +151,10 @@ class Recognition:
         class_names: the P targets that were run (class id k <-> ``class_names[k - 1]``).
         kept: the targets that survived the official rules (existence filtering, overlap
             suppression, pixel-wise combination).
-        table: one row per instance: label, class_id, class, score, p_value (of its class),
-            area (pixels), area_um2 (NaN without pixel size), centroid_y/x, bbox_y0/x0/y1/x1
-            (pixels, half-open), mean_prob.
+        table: one row per instance, the per-object schema (:mod:`.objects`): label, class,
+            class_id, score, area (pixels), area_um2 (NaN without pixel size), centroid_y/x,
+            bbox_y0/x0/y1/x1 (pixels, half-open); the p-value of each class is in
+            :meth:`summary`.
         probs: (P, H, W) float32 probability per target.
         p_values: (P,) float64 adjusted existence p-value per target (NaN = not testable).
         in_vocabulary: (P,) bool, whether each target is a known target of the modality.
@@ -145,3 +184,18 @@ class Recognition:
         """Number of instances per class name (all ``class_names``, zeros included)."""
         c = self.table["class"].value_counts() if len(self.table) else pd.Series(dtype=int)
         return pd.Series({n: int(c.get(n, 0)) for n in self.class_names}, name="count")
+
+    def summary(self) -> pd.DataFrame:
+        """One row per target: class, p_value, kept, in_vocabulary, n_instances."""
+        pv = _per_prompt(self.p_values)
+        counts = self.counts()
+        voc = self.in_vocabulary
+        return pd.DataFrame(
+            {
+                "class": list(self.class_names),
+                "p_value": pv,
+                "kept": [n in self.kept for n in self.class_names],
+                "in_vocabulary": np.asarray(voc if voc is not None else [True] * len(pv), bool),
+                "n_instances": [int(counts[n]) for n in self.class_names],
+            }
+        )

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 
 from .existence import DEFAULT_P_THRESHOLD, TargetDistribution, existence_p_values
-from .instances import TABLE_COLUMNS, instance_table, relabel_sequential, split_instances
+from .instances import instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
+from .objects import TABLE_COLUMNS, empty_table
 from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
 from .recognition import class_names as recognition_class_names
 from .recognition import recognize_maps
@@ -315,7 +316,6 @@ def _detect_2d(
             (labels[p] > 0).astype(np.int32),
             probs[p][None],
             [prompt],
-            p_values=pv[p : p + 1],
             mpp=mpp,
         )
         t.insert(0, "prompt", prompt)
@@ -327,13 +327,7 @@ def _detect_2d(
 def _concat(tables, columns) -> pd.DataFrame:
     tables = [t for t in tables if len(t)]
     if not tables:
-        from .instances import _empty_table
-
-        empty = _empty_table()
-        for c in columns:
-            if c not in empty:
-                empty.insert(0, c, pd.Series(dtype="object" if c == "prompt" else "int64"))
-        return empty[columns]
+        return empty_table(tuple(c for c in columns if c not in TABLE_COLUMNS))[columns]
     return pd.concat(tables, ignore_index=True)[columns]
 
 
@@ -436,7 +430,7 @@ def detect(
 
 
 def instances_from_class_map(
-    class_map, probs, class_names, *, p_values=None, mpp=None, start: int = 0, **split_kwargs
+    class_map, probs, class_names, *, mpp=None, start: int = 0, **split_kwargs
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Split every class region of a class map into instances and measure them.
 
@@ -444,7 +438,6 @@ def instances_from_class_map(
         class_map: (H, W) int, 0 background, k = 1 + index into ``class_names``.
         probs: (P, H, W) float32 probabilities of the P classes.
         class_names: P names.
-        p_values: (P,) p-values or None.
         mpp: microns per pixel or None.
         start: instance ids start at ``start + 1``.
         **split_kwargs: passed to :func:`~.instances.split_instances`.
@@ -465,7 +458,7 @@ def instances_from_class_map(
         if n:
             labels[lab > 0] = lab[lab > 0] + nxt
             nxt += n
-    table = instance_table(labels, class_map, probs, class_names, p_values=p_values, mpp=mpp)
+    table = instance_table(labels, class_map, probs, class_names, mpp=mpp)
     return labels, table
 
 
@@ -515,7 +508,7 @@ def _recognize_2d(
     class_map, kept = recognize_maps(probs, targets, pv, p_threshold)
     names = recognition_class_names(targets)  # "nuclei" beside classes: "unclassified nuclei"
     labels, table = instances_from_class_map(
-        class_map, probs, names, p_values=pv, mpp=mpp, start=start, **kw
+        class_map, probs, names, mpp=mpp, start=start, **kw
     )
     return labels, class_map, kept, table, probs, pv
 
