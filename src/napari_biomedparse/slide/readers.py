@@ -197,23 +197,31 @@ class _OpenSlideLevel:
         self.downsample = float(downsample)
         self.offset = tuple(int(o) for o in offset)
         self.background = tuple(int(b) for b in background)
+        # handles are shared per file version (path, size, mtime): a file replaced at the
+        # same path and opened again never reads through the old file's handle
+        self.key = f"{self.path}:{_token(Path(self.path))}"
+
+    def __setstate__(self, state):  # pickles made before ``key`` existed
+        self.__dict__.update(state)
+        self.__dict__.setdefault("key", self.path)
 
     @classmethod
     def close_path(cls, path: str) -> None:
-        """Close this process's OpenSlide handle of ``path`` (reopened on the next read)."""
+        """Close this process's OpenSlide handles of ``path`` (reopened on the next read)."""
         with cls._lock:
-            h = cls._handles.pop(str(path), None)
-        if h is not None:
+            keys = [k for k in cls._handles if k == str(path) or k.startswith(f"{path}:")]
+            hs = [cls._handles.pop(k) for k in keys]
+        for h in hs:
             h.close()
 
     def _slide(self):
         import openslide
 
         with _OpenSlideLevel._lock:
-            h = _OpenSlideLevel._handles.get(self.path)
+            h = _OpenSlideLevel._handles.get(self.key)
             if h is None:
                 h = openslide.OpenSlide(self.path)
-                _OpenSlideLevel._handles[self.path] = h
+                _OpenSlideLevel._handles[self.key] = h
             return h
 
     def __getitem__(self, key):
