@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_biomedparse.inference.instances import (
-    panoptic_quality,
-    resolve_split_params,
-    split_instances,
-)
+from napari_biomedparse.inference.instances import resolve_split_params, split_instances
+from napari_biomedparse.training.metrics import panoptic_quality
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +46,7 @@ def clump_pq(gt: np.ndarray, pred: np.ndarray) -> dict:
     true_c = np.where(clump, gt, 0)
     inside = np.unique(pred[clump])
     pred_c = np.where(np.isin(pred, inside[inside > 0]), pred, 0)
-    res = panoptic_quality(true_c, pred_c)
+    res = panoptic_quality(pred_c, true_c)
     res["n_clumps"] = int((per_comp >= 2).sum())
     res["n_true_in_clumps"] = int(np.unique(true_c).size - 1)
     return res
@@ -93,8 +90,8 @@ def run(name: str, gt: np.ndarray, union: np.ndarray | None = None, prob=None, *
         "n_true": int(np.unique(gt).size - 1),
         "n_pred": int(pred.max()),
         "params": params,
-        "pq": panoptic_quality(gt, pred),
-        "pq_cc": panoptic_quality(gt, cc),
+        "pq": panoptic_quality(pred, gt),
+        "pq_cc": panoptic_quality(cc, gt),
         "clumps": clump_pq(gt, pred),
         "clumps_cc": clump_pq(gt, cc),
         "seconds": dt,
@@ -125,7 +122,7 @@ def markdown(results: list[dict]) -> str:
         p, c, b, bc, sp = r["pq"], r["clumps"], r["pq_cc"], r["clumps_cc"], r["params"]
         lines.append(
             f"| {r['data']} {r['shape'][0]}x{r['shape'][1]} | {r['n_true']} / {r['n_pred']} | "
-            f"{p['pq']:.3f} ({p['sq']:.3f}, {p['dq']:.3f}) | "
+            f"{p['pq']:.3f} ({p['sq']:.3f}, {p['rq']:.3f}) | "
             f"{c['pq']:.3f} ({c['n_clumps']}, {c['n_true_in_clumps']}) | "
             f"{b['pq']:.3f} / {bc['pq']:.3f} | r={sp.radius:.1f}, min_size={sp.min_size}, "
             f"min_distance={sp.min_distance}, h={sp.h:.2f}, sigma={sp.smooth_sigma:.2f} | "

@@ -311,9 +311,9 @@ def bench_overlap(
 
 def bench_sweep(workdir: Path) -> list[dict]:
     from napari_biomedparse.hub import load_model
-    from napari_biomedparse.inference.instances import panoptic_quality
     from napari_biomedparse.inference.predictor import Predictor
     from napari_biomedparse.slide.engine import process_slide
+    from napari_biomedparse.training.metrics import panoptic_quality
 
     model = load_model("default")  # FileNotFoundError until the bundled model ships
     pred = Predictor(model, device="cpu")
@@ -345,14 +345,14 @@ def bench_sweep(workdir: Path) -> list[dict]:
                 lab = lab[yi.astype(int)][:, xi.astype(int)]
             fg_t, fg_p = inst > 0, lab > 0
             dice = 2 * (fg_t & fg_p).sum() / max(fg_t.sum() + fg_p.sum(), 1)
-            pq = panoptic_quality(inst, lab)
+            pq = panoptic_quality(lab, inst)
             rows.append(
                 {
                     "mpp": mpp,
                     "tile": tile,
                     "dice": dice,
                     "pq": pq.get("pq", np.nan),
-                    "f1": pq.get("dq", np.nan),
+                    "f1": pq.get("rq", np.nan),
                     "seconds": dt,
                 }
             )

@@ -14,11 +14,11 @@ from napari_biomedparse.inference.instances import (
     estimate_object_radius,
     instance_outlines,
     instance_table,
-    panoptic_quality,
     relabel_sequential,
     split_instances,
 )
 from napari_biomedparse.inference.objects import COLUMN_DTYPES
+from napari_biomedparse.training.metrics import panoptic_quality
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -43,14 +43,14 @@ def test_panoptic_quality_on_touching_hne_nuclei(hgsc):
     # never outside the mask, except small holes that are filled
     assert ((pred > 0) <= ndi.binary_fill_holes(union)).all()
     assert ((pred > 0) & ~union).sum() < 0.001 * union.sum()
-    res = panoptic_quality(hgsc, pred)
-    baseline = panoptic_quality(hgsc, ndi.label(union)[0])
+    res = panoptic_quality(pred, hgsc)
+    baseline = panoptic_quality(ndi.label(union)[0], hgsc)
     assert res["pq"] >= 0.95 and res["pq"] > baseline["pq"] + 0.03, (res, baseline)
     # the touching nuclei: components of the union holding >= 2 true nuclei (79 clumps)
     clump = _clumps(hgsc)
     inside = np.unique(pred[clump])
     res_c = panoptic_quality(
-        np.where(clump, hgsc, 0), np.where(np.isin(pred, inside[inside > 0]), pred, 0)
+        np.where(np.isin(pred, inside[inside > 0]), pred, 0), np.where(clump, hgsc, 0)
     )
     assert res_c["pq"] >= 0.85, res_c  # measured 0.891 (connected components: 0.343)
 
@@ -60,7 +60,7 @@ def test_fluorescence_nuclei():
 
     gt = tifffile.imread(DATA / "stardist_mask2d.tif")
     pred = split_instances(gt > 0)
-    assert panoptic_quality(gt, pred)["pq"] >= 0.93  # measured 0.949
+    assert panoptic_quality(pred, gt)["pq"] >= 0.93  # measured 0.949
 
 
 def test_probability_guidance_splits_model_like_maps():
@@ -83,15 +83,15 @@ def test_probability_guidance_splits_model_like_maps():
     def clump_pq(pred):
         inside = np.unique(pred[clump])
         keep = np.where(np.isin(pred, inside[inside > 0]), pred, 0)
-        return panoptic_quality(np.where(clump, gt, 0), keep)["pq"]
+        return panoptic_quality(keep, np.where(clump, gt, 0))["pq"]
 
     shape_only = split_instances(prob > 0.5, prob, prob_weight=0.0)
     guided = split_instances(prob > 0.5, prob)
     assert clump_pq(guided) >= 0.88 and clump_pq(guided) > clump_pq(shape_only) + 0.03
-    assert panoptic_quality(gt, guided)["pq"] >= 0.92
+    assert panoptic_quality(guided, gt)["pq"] >= 0.92
     # uint8 maps (0..255, as the slide engine stores them) are read as probabilities
     as_u8 = split_instances(prob > 0.5, np.round(prob * 255).astype(np.uint8))
-    assert panoptic_quality(guided, as_u8)["pq"] >= 0.97
+    assert panoptic_quality(as_u8, guided)["pq"] >= 0.97
 
 
 def test_size_aware_defaults_follow_the_scale(hgsc):
@@ -104,7 +104,7 @@ def test_size_aware_defaults_follow_the_scale(hgsc):
     assert r_big == pytest.approx(3 * r_small, rel=0.15)
     assert abs(int(big.max()) - int(small.max())) <= max(2, 0.05 * small.max())
     up = np.kron(crop, np.ones((3, 3), crop.dtype))
-    assert panoptic_quality(up, big)["pq"] >= 0.9
+    assert panoptic_quality(big, up)["pq"] >= 0.9
 
 
 def _disc(shape, cy, cx, r):
@@ -197,6 +197,6 @@ def test_outlines_are_polygons_of_each_instance(hgsc):
 def test_panoptic_quality_basics(hgsc):
     crop = hgsc[:200, :200]
     perm = relabel_sequential(crop)
-    assert panoptic_quality(crop, perm)["pq"] == pytest.approx(1.0)
-    res = panoptic_quality(crop, np.zeros_like(crop))
+    assert panoptic_quality(perm, crop)["pq"] == pytest.approx(1.0)
+    res = panoptic_quality(np.zeros_like(crop), crop)
     assert res["pq"] == 0.0 and res["fn"] == len(np.unique(crop)) - 1

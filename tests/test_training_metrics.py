@@ -44,6 +44,10 @@ def test_panoptic_quality_matching():
     assert r["sq"] == pytest.approx(80 / 120)
     assert r["rq"] == pytest.approx(1 / (1 + 1))
     assert r["pq"] == pytest.approx(80 / 120 * 0.5)
+    # argument order (prediction, truth): a second false positive counts in fp, not fn
+    pred[30:33, 2:5] = 4
+    assert [panoptic_quality(pred, gt)[k] for k in ("tp", "fp", "fn")] == [1, 2, 1]
+    assert [panoptic_quality(gt, pred)[k] for k in ("tp", "fp", "fn")] == [1, 1, 2]
     # IoU exactly 0.5 is not a match
     half = np.zeros_like(gt)
     half[2:12, 2:7] = 1

@@ -8,8 +8,7 @@ Public names are imported lazily (``import napari_biomedparse.inference`` stays 
 - preprocessing: :func:`preprocess`, :func:`unpad`, ``PadInfo``, :func:`to_rgb_uint8`;
 - existence: ``TargetDistribution``, :func:`existence_p_value`, :func:`mask_stats`;
 - recognition: :func:`recognize_maps`, :func:`non_maxima_suppression`, :func:`combine_masks`;
-- instances: :func:`split_instances`, :func:`instance_table`, :func:`instance_outlines`,
-  :func:`panoptic_quality`;
+- instances: :func:`split_instances`, :func:`instance_table`, :func:`instance_outlines`;
 - results: ``Detection``, ``Recognition``.
 """
 
@@ -46,7 +45,6 @@ _EXPORTS = {
     "split_instances": "instances",
     "instance_table": "instances",
     "instance_outlines": "instances",
-    "panoptic_quality": "instances",
     "Detection": "results",
     "Recognition": "results",
 }

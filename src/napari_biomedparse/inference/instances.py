@@ -29,10 +29,10 @@ __all__ = [
     "estimate_object_radius",
     "instance_outlines",
     "instance_table",
-    "panoptic_quality",
     "relabel_sequential",
     "split_instances",
 ]
+
 
 @dataclass(frozen=True)
 class SplitParams:
@@ -343,45 +343,6 @@ def _merge_small(labels: np.ndarray, min_size: int) -> np.ndarray:
         else:
             crop[own] = 0
     return labels
-
-
-def panoptic_quality(true, pred, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Panoptic quality of predicted instances against true instances (class-agnostic).
-
-    A true and a predicted instance match when their intersection over union exceeds
-    ``iou_threshold`` (0.5 makes matches unique). PQ = sum of matched IoUs / (TP + FP/2 + FN/2)
-    = SQ (mean matched IoU) x DQ (F1 of the matching).
-
-    Args:
-        true, pred: (H, W) int instance labels, 0 = background.
-
-    Returns:
-        dict with ``pq``, ``sq``, ``dq``, ``tp``, ``fp``, ``fn``.
-    """
-    true = np.asarray(true).astype(np.int64)
-    pred = np.asarray(pred).astype(np.int64)
-    if true.shape != pred.shape:
-        raise ValueError(f"shapes differ: {true.shape} vs {pred.shape}")
-    t_ids = np.unique(true[true > 0])
-    p_ids = np.unique(pred[pred > 0])
-    t_area = dict(zip(*np.unique(true[true > 0], return_counts=True)))
-    p_area = dict(zip(*np.unique(pred[pred > 0], return_counts=True)))
-    both = (true > 0) & (pred > 0)
-    pairs, inter = np.unique(np.stack([true[both], pred[both]]), axis=1, return_counts=True)
-    iou_sum = 0.0
-    tp = 0
-    for (t, p), i in zip(pairs.T, inter):
-        iou = i / (t_area[t] + p_area[p] - i)
-        if iou > iou_threshold:
-            tp += 1
-            iou_sum += iou
-    fp = p_ids.size - tp
-    fn = t_ids.size - tp
-    denom = tp + 0.5 * fp + 0.5 * fn
-    sq = iou_sum / tp if tp else 0.0
-    dq = tp / denom if denom else 1.0
-    pq = iou_sum / denom if denom else 1.0
-    return {"pq": pq, "sq": sq, "dq": dq, "tp": tp, "fp": int(fp), "fn": int(fn)}
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:

@@ -507,9 +507,7 @@ def _recognize_2d(
         pv = existence_p_values(rgb, probs, it, targets, td)
     class_map, kept = recognize_maps(probs, targets, pv, p_threshold)
     names = recognition_class_names(targets)  # "nuclei" beside classes: "unclassified nuclei"
-    labels, table = instances_from_class_map(
-        class_map, probs, names, mpp=mpp, start=start, **kw
-    )
+    labels, table = instances_from_class_map(class_map, probs, names, mpp=mpp, start=start, **kw)
     return labels, class_map, kept, table, probs, pv
 
 

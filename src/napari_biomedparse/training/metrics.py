@@ -41,9 +41,17 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 def panoptic_quality(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict:
     """Panoptic quality of (H, W) instance labels (0 background), single class.
 
+    The package's one PQ (training, evaluation, the instance tests and the benchmarks use it).
+    A prediction and a truth instance match when their IoU exceeds 0.5 (unique matches).
+
+    Args:
+        pred_labels: (H, W) int predicted instances (or a bool mask: its connected components).
+        gt_labels: (H, W) int ground-truth instances, same shape.
+
     Returns:
-        dict with ``pq``, ``sq`` (mean IoU of matches), ``rq`` (F1 of matches), ``tp``, ``fp``,
-        ``fn``. PQ is 1.0 when both are empty.
+        dict with ``pq`` = ``sq`` x ``rq``, ``sq`` (mean IoU of matches), ``rq`` (recognition
+        quality = F1 of the matching, called DQ in some papers), ``tp``, ``fp`` (unmatched
+        predictions), ``fn`` (unmatched truth). PQ is 1.0 when both are empty.
     """
     p = _relabel(pred_labels)
     g = _relabel(gt_labels)
