@@ -77,9 +77,10 @@ def cpu_scaling(workers: list[int], size: int, input_size: int, tile: int, batch
     import tifffile
     from distributed import Client, LocalCluster
 
+    from napari_biomedparse.inference.loading import load_predictor as resolve_predictor
     from napari_biomedparse.model import save_checkpoint
-    from napari_biomedparse.slide.distributed import _register_for
-    from napari_biomedparse.slide.engine import process_slide, resolve_predictor
+    from napari_biomedparse.slide.distributed import register_model
+    from napari_biomedparse.slide.engine import process_slide
 
     tmp = Path(tempfile.mkdtemp(prefix="nbp-bench-"))
     model_path = save_checkpoint(build("tiny", input_size), tmp / "tiny.safetensors")
@@ -105,7 +106,7 @@ def cpu_scaling(workers: list[int], size: int, input_size: int, tile: int, batch
         client = Client(cluster)
         try:
             pred = resolve_predictor(str(model_path), "cpu")
-            _register_for(client, str(model_path), pred, "cpu")  # model loaded before timing
+            register_model(client, pred, source=str(model_path), device="cpu")  # model loaded before timing
             t0 = time.perf_counter()
             res = process_slide(slide, tmp / f"w{n}.zarr", model=str(model_path), client=client,
                                 **kw)  # fmt: skip
@@ -233,12 +234,12 @@ def _tiles_per_s(runner, size, batch, prompts, n, dev, rng) -> tuple[float, floa
 def gpu_bench(args, save=lambda: None) -> dict:
     """Eager variants, then the slide run, then the compiled variants (the slowest to start),
     each guarded: a failure is recorded and the next part runs. ``save()`` after each."""
-    from napari_biomedparse.inference.predictor import Predictor
-    from napari_biomedparse.slide.distributed import (
+    from napari_biomedparse.inference.fast import (
         FastPredictor,
         auto_batch_size,
         compile_predictor,
     )
+    from napari_biomedparse.inference.predictor import Predictor
 
     dev = torch.device(args.gpu_device)
     cuda = dev.type == "cuda"
@@ -292,8 +293,8 @@ def gpu_bench(args, save=lambda: None) -> dict:
 
 def slide_run(args, model, dev, prompts, batch) -> dict:
     """``process_slide`` with the fast path in bf16; GPU busy fraction and tissue MP/s."""
+    from napari_biomedparse.inference.fast import FastPredictor
     from napari_biomedparse.inference.predictor import Predictor
-    from napari_biomedparse.slide.distributed import FastPredictor
     from napari_biomedparse.slide.engine import process_slide
 
     cuda = dev.type == "cuda"

@@ -8,7 +8,7 @@ CUDA, so that every phase is charged for its own kernels):
   ``process_slide`` does with a ``Predictor``), ``Predictor.predict_batch`` (H2D copy, encode,
   decode and the upsampling to the model input inside it, measured as one phase), resize of
   the probabilities to the tile on the CPU, quantisation and the zarr write of each tile.
-- ``fast``: :class:`napari_biomedparse.slide.distributed.FastPredictor`: tiles read at the
+- ``fast``: :class:`napari_biomedparse.inference.fast.FastPredictor`: tiles read at the
   tile size, uint8 H2D copy from pinned memory, resize + normalisation on the device, encode,
   one decoder pass for all prompts, logits resized to the tile on the device, D2H, write.
 
@@ -115,10 +115,10 @@ def profile(
     paths=("reference", "fast"),
 ) -> dict:
     """Per-phase seconds per tile for each path; returns a JSON-able dict."""
+    from napari_biomedparse.inference.fast import FastPredictor
     from napari_biomedparse.inference.predictor import Predictor
-    from napari_biomedparse.slide.distributed import FastPredictor
-    from napari_biomedparse.slide.engine import _resize_probs
     from napari_biomedparse.slide.readers import open_image
+    from napari_biomedparse.slide.stages import resize_tile_probs as _resize_probs
     from napari_biomedparse.slide.store import open_group
     from napari_biomedparse.slide.tiling import TileGrid, read_tile
 
@@ -163,7 +163,7 @@ def profile(
             runner = pred
             size = S
             if compile_:
-                from napari_biomedparse.slide.distributed import compile_predictor
+                from napari_biomedparse.inference.fast import compile_predictor
 
                 compile_predictor(pred)
         for n, batch in enumerate(batches):

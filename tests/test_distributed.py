@@ -193,8 +193,9 @@ def _write_tiles(store, image_path, grid_dict, model_path, batches):
     import torch
 
     torch.set_num_threads(1)
-    from napari_biomedparse.slide.engine import resolve_predictor, run_tiles
+    from napari_biomedparse.inference.loading import load_predictor as resolve_predictor
     from napari_biomedparse.slide.readers import open_image
+    from napari_biomedparse.slide.stages import run_tiles
     from napari_biomedparse.slide.store import open_group
     from napari_biomedparse.slide.tiling import TileGrid
 
@@ -303,7 +304,7 @@ def test_cancel_stops_the_cluster_run_and_resume_finishes_it(
 
 
 def test_workers_that_cannot_see_the_store_are_refused(client, model_path, slides, tmp_path):
-    from napari_biomedparse.slide.distributed import _check_visible
+    from napari_biomedparse.slide.distributed import check_visible as _check_visible
 
     with pytest.raises(ValueError, match="shared by every worker"):
         _check_visible(client, tmp_path / "nowhere", "the output store")
@@ -327,19 +328,19 @@ def test_model_changed_in_memory_is_shipped_not_reloaded_from_its_file(client, m
     import torch
 
     from napari_biomedparse.hub import load_model
+    from napari_biomedparse.inference.loading import model_fingerprint
     from napari_biomedparse.inference.predictor import Predictor
     from napari_biomedparse.slide import distributed as dist
-    from napari_biomedparse.slide.engine import model_fingerprint
 
     same = Predictor(load_model(model_path), device="cpu")
-    spec = dist._register_for(client, same, same, "cpu")
-    assert spec.kind == "name" and spec.source == str(Path(model_path).resolve())
+    spec = dist.register_model(client, same, device="cpu")
+    assert spec.kind == "path" and spec.source == str(Path(model_path).resolve())
     changed = Predictor(load_model(model_path), device="cpu")
     with torch.no_grad():
         next(changed.model.parameters()).add_(0.5)
     with pytest.warns(UserWarning, match="differs from the caller's model"):
-        spec2 = dist._register_for(client, changed, changed, "cpu")
-    assert spec2.kind == "model"
+        spec2 = dist.register_model(client, changed, device="cpu")
+    assert spec2.kind == "weights"
     fps = client.run(lambda: model_fingerprint(dist.get_predictor(spec2.light())))
     assert set(fps.values()) == {model_fingerprint(changed)} != {model_fingerprint(same)}
 
@@ -364,46 +365,21 @@ def test_cli_scheduler_and_workers(client, model_path, slides, reference, tmp_pa
                 reference[1])  # fmt: skip
 
 
-def test_fast_predictor_matches_the_predictor(model_path, tmp_path):
-    """The GPU-path wrapper (run here on the CPU): same maps as Predictor.predict_batch when
-    the tile is the model input; close to the reference path when it resizes on the device;
-    usable by the engine as is."""
+def test_engine_runs_the_fast_predictor(model_path, tmp_path):
+    """The fast path (inference/fast.py, tested there) is usable by the engine as is: it
+    records the tile size as the model input, and uint8 tiles made on the device give the
+    same result as float probabilities."""
     from napari_biomedparse.hub import load_model
+    from napari_biomedparse.inference.fast import FastPredictor
     from napari_biomedparse.inference.predictor import Predictor
-    from napari_biomedparse.slide.distributed import FastPredictor, auto_batch_size
-    from napari_biomedparse.slide.engine import _resize_probs
 
     pred = Predictor(load_model(model_path), device="cpu")
-    rgb = synthetic_slide(3, (128, 128))
-    same = np.stack([rgb[:64, :64], rgb[64:, 64:]])
-    ref = pred.predict_batch(same, PROMPTS)
-    got = FastPredictor(pred, 64, output="float32").predict_batch(same, PROMPTS)
-    assert got.shape == ref.shape == (2, 2, 64, 64)
-    np.testing.assert_allclose(got, ref, atol=1e-5)
-    q = FastPredictor(pred, 64).predict_batch(same, PROMPTS)  # round(255 p) on the device
-    assert q.dtype == np.uint8 and q.shape == ref.shape
-    d = np.abs(q.astype(int) - np.rint(ref * 255).astype(int))
-    assert d.max() <= 1 and (d == 0).mean() > 0.99
-    # tiles of 128 px resized on the device vs PIL on the CPU + probabilities resized back
-    from PIL import Image
-
-    small = np.asarray(Image.fromarray(rgb).resize((64, 64), Image.Resampling.BILINEAR))
-    ref128 = _resize_probs(pred.predict_batch(small[None], PROMPTS), 128)
-    got128 = FastPredictor(pred, 128, output="float32").predict_batch(rgb[None], PROMPTS)
-    assert got128.shape == (1, 2, 128, 128)
-    assert np.abs(got128 - ref128).mean() < 0.02
-    with pytest.raises(ValueError, match="uint8"):
-        FastPredictor(pred, 128).predict_batch(rgb[None, :64, :64], PROMPTS)
-    assert auto_batch_size(pred, PROMPTS, default=3) == 3  # no CUDA: the default
     img = synthetic_slide(5, (256, 256))
     res = process_slide(img, tmp_path / "f.zarr", model=FastPredictor(pred, 64), **RUN)
     assert res.params["input_size"] == 64 and res.summary["tiles_processed"] > 0
-    # the engine stores uint8 tiles as they are: same result as from float probabilities
     res32 = process_slide(img, tmp_path / "g.zarr", **RUN,
                           model=FastPredictor(pred, 64, output="float32"))  # fmt: skip
     np.testing.assert_array_equal(np.asarray(res.probs), np.asarray(res32.probs))
-    with pytest.raises(ValueError, match="output"):
-        FastPredictor(pred, 64, output="float16")
 
 
 def test_process_slides_with_fewer_slides_than_workers_spreads_tiles(
@@ -427,9 +403,9 @@ def test_cli_gpu_options_on_the_cluster(client, model_path, slides, tmp_path):
     """--precision/--fast-gpu reach the workers (here on the CPU): the run records the tile
     size as the model input (FastPredictor), and the workers built the same predictor."""
     from napari_biomedparse.cli import main
+    from napari_biomedparse.inference.fast import configure_predictor
     from napari_biomedparse.slide import distributed as dist
     from napari_biomedparse.slide._testing import StainPredictor
-    from napari_biomedparse.slide.distributed import configure_predictor
     from napari_biomedparse.slide.engine import SlideResult
 
     args = [*_cli_args(slides[0], tmp_path / "f", model_path), "--fast-gpu", "--precision",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import napari_biomedparse.slide.engine as engine
+import napari_biomedparse.inference.loading as loading
 from napari_biomedparse.cli import main
 from napari_biomedparse.slide._testing import StainPredictor
 from napari_biomedparse.slide.cli import expand_sources
@@ -33,7 +33,7 @@ FAST = [
 @pytest.fixture
 def slides(tmp_path, monkeypatch):
     # the command line's model loading is replaced by the fast deterministic predictor
-    monkeypatch.setattr(engine, "resolve_predictor", lambda model, device=None: StainPredictor(128))
+    monkeypatch.setattr(loading, "load_predictor", lambda model, device=None: StainPredictor(128))
     d = tmp_path / "slides"
     d.mkdir()
     shutil.copy(CMU, d / "a.svs")
@@ -97,7 +97,7 @@ def test_cli_missing_pixel_size_message(tmp_path, monkeypatch, capsys):
     import numpy as np
     import tifffile
 
-    monkeypatch.setattr(engine, "resolve_predictor", lambda model, device=None: StainPredictor(128))
+    monkeypatch.setattr(loading, "load_predictor", lambda model, device=None: StainPredictor(128))
     img = np.full((300, 300, 3), 240, np.uint8)
     tifffile.imwrite(tmp_path / "nompp.tif", img)
     rc = main(["slide", str(tmp_path / "nompp.tif"), "-o", str(tmp_path / "o"), *FAST])

@@ -296,9 +296,9 @@ def test_cancel_then_resume_is_identical_and_parameters_guarded(tmp_path):
 
 
 def test_cancel_in_later_stages_then_resume_is_identical(tmp_path, monkeypatch):
-    import napari_biomedparse.slide.engine as engine
+    import napari_biomedparse.slide.plan as plan
 
-    monkeypatch.setattr(engine, "CHUNK", 256)  # 3 x 3 blocks on this slide
+    monkeypatch.setattr(plan, "CHUNK", 256)  # 3 x 3 blocks on this slide
     ref = _quick(CMU, tmp_path / "ref.zarr")
     out = tmp_path / "run.zarr"
     seen = []
@@ -426,3 +426,33 @@ def test_native_resolution_modality_and_probabilities_only(tmp_path):
     assert res.probs.shape == (1, 512, 512)
     assert res.labels == [] and len(res.table) == 0
     assert res.summary["tiles_processed"] >= 1
+
+
+def test_slide_modules_import_one_way():
+    """No import cycle among the slide modules (module-level and function-level imports),
+    and the dask executor knows the stages only as functions it is handed."""
+    import ast
+
+    pkg = ROOT / "src/napari_biomedparse/slide"
+    graph = {}
+    for f in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level == 1 and mod:
+                    deps.add(mod.split(".")[0])
+                elif node.level == 1:
+                    deps.update(a.name for a in node.names)
+                elif mod.startswith("napari_biomedparse.slide."):
+                    deps.add(mod.split(".")[2])
+        graph[f.stem] = deps & {p.stem for p in pkg.glob("*.py")}
+    assert not graph["distributed"] & {"engine", "stages", "plan", "executors"}
+
+    def visit(node, path):
+        assert node not in path, f"import cycle: {' -> '.join([*path, node])}"
+        for d in graph.get(node, ()):
+            visit(d, [*path, node])
+
+    for m in graph:
+        visit(m, [])

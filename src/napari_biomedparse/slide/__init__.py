@@ -15,7 +15,7 @@ _LAZY = {
     "SlideReadError": "napari_biomedparse.slide.readers",
     "process_slide": "napari_biomedparse.slide.engine",
     "process_slides": "napari_biomedparse.slide.engine",
-    "SlideResult": "napari_biomedparse.slide.engine",
+    "SlideResult": "napari_biomedparse.slide.result",
     "compute_tissue_mask": "napari_biomedparse.slide.tissue",
     "TileGrid": "napari_biomedparse.slide.tiling",
 }

@@ -19,7 +19,6 @@ import argparse
 import glob
 import sys
 import threading
-import time
 from pathlib import Path
 
 __all__ = ["register", "run", "expand_sources"]
@@ -149,102 +148,77 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _out_for(slide: Path, out_dir: str | None) -> Path:
-    base = Path(out_dir) if out_dir else slide.parent
-    return base / f"{slide.name}.biomedparse.zarr"
-
-
 def run(args) -> int:
-    from .engine import SlideResult, process_slide, resolve_predictor
+    """The command: every slide through :func:`~.engine.process_slides` (the one multi-slide
+    loop), then the exports and the summary."""
+    from napari_biomedparse.inference import loading
+    from napari_biomedparse.inference.fast import configure_predictor
+
+    from .engine import process_slides
     from .store import RunCancelled
+    from .tiling import defaults_for
 
     slides = expand_sources(args.slides)
-    if args.out_dir:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    predictor = resolve_predictor(args.model, args.device)
+    predictor = loading.load_predictor(args.model, args.device)
     if args.precision != "fp32" or args.compile or args.fast_gpu:
-        from .distributed import configure_predictor
-        from .tiling import defaults_for
-
         tile = args.tile_size or int(defaults_for(args.modality)["tile_size"])
         predictor = configure_predictor(
-            predictor,
-            dtype=args.precision,
-            compile=args.compile,
-            fast=args.fast_gpu,
+            predictor, dtype=args.precision, compile=args.compile, fast=args.fast_gpu,
             tile_size=tile,
-        )
-    cancel = threading.Event()
+        )  # fmt: skip
     client = None
     if args.scheduler or args.workers:
         from .distributed import make_client
 
         client = make_client(args.scheduler, args.workers)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="step", file=sys.stderr, leave=True)
+
+    def progress(done, total, message):
+        if "already done" in message:
+            print(f"{message}; --overwrite to redo", file=sys.stderr)
+        if bar is not None:
+            bar.total, bar.n = total, done
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+    cancel = threading.Event()
+    try:
+        results = process_slides(
+            slides, args.out_dir, model=predictor, device=args.device, progress=progress,
+            cancel=cancel, on_error="continue", client=client, skip_done=True,
+            prompts=args.prompts, recognize=not args.no_recognize, modality=args.modality,
+            mpp=args.mpp, tile_size=args.tile_size, overlap=args.overlap,
+            batch_size=args.batch_size, tissue_mask=not args.no_tissue_mask,
+            resume=not args.no_resume, overwrite=args.overwrite, slide_mpp=args.slide_mpp,
+            instances=args.instances,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    except RunCancelled:
+        raise KeyboardInterrupt from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if client is not None:
+            client.close()
     summaries, failures = [], 0
-    for n, slide in enumerate(slides, 1):
-        out = _out_for(slide, args.out_dir)
-        label = f"[{n}/{len(slides)}] {slide.name}"
-        if out.exists() and not args.overwrite:
+    for slide in slides:
+        res = results[str(slide)]
+        if not isinstance(res, BaseException):
             try:
-                res = SlideResult.open(out)
-                print(f"{label}: already done ({out}); --overwrite to redo", file=sys.stderr)
-                summaries.append((slide, res.summary, None))
-                _exports(res, out, args)
-                continue
-            except (ValueError, FileNotFoundError):
-                pass
-        bar = None
-        if not args.no_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=1, desc=label, unit="step", file=sys.stderr, leave=True)
-
-        def progress(done, total, message, bar=bar):
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.set_postfix_str(message, refresh=False)
-                bar.refresh()
-
-        t0 = time.perf_counter()
-        try:
-            res = process_slide(
-                slide,
-                out,
-                model=predictor,
-                prompts=args.prompts,
-                recognize=not args.no_recognize,
-                modality=args.modality,
-                mpp=args.mpp,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                tissue_mask=not args.no_tissue_mask,
-                resume=not args.no_resume,
-                overwrite=args.overwrite,
-                progress=progress,
-                cancel=cancel,
-                slide_mpp=args.slide_mpp,
-                instances=args.instances,
-                client=client,
-            )
-            summaries.append((slide, res.summary, None))
-            _exports(res, out, args)
-        except KeyboardInterrupt:
-            cancel.set()
-            if bar is not None:
-                bar.close()
-            raise
-        except RunCancelled:
-            raise KeyboardInterrupt from None
-        except (ValueError, OSError) as exc:
+                _exports(res, res.path, args)
+            except (ValueError, OSError) as exc:
+                res = exc
+        if isinstance(res, BaseException):
             failures += 1
-            summaries.append((slide, {"seconds": round(time.perf_counter() - t0, 1)}, exc))
-        finally:
-            if bar is not None:
-                bar.close()
-    if client is not None:
-        client.close()
+            summaries.append((slide, {}, res))
+        else:
+            summaries.append((slide, res.summary, None))
     _print_summary(summaries)
     return 1 if failures else 0
 

@@ -2,7 +2,7 @@
 
 ``blend_region`` computes the blended probabilities of one output rectangle from the stored
 tiles (``tiles/probs``, uint8 = round(255 p)) with the weights of
-:func:`~napari_biomedparse.slide.tiling.blend_weights`, summing the tiles in index order, so
+:func:`~napari_biomedparse.inference.tiled.blend_weights`, summing the tiles in index order, so
 the result of a chunk does not depend on when or where its tiles were computed (a resumed or
 distributed run writes identical bytes). ``blend_chunks`` writes whole chunks of
 ``probs/0`` and ``classes/0`` (each chunk owned by one call).
@@ -23,9 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from napari_biomedparse.inference.recognition import UNCLASSIFIED, agnostic_index
+from napari_biomedparse.inference.tiled import blend_weights
 
 from .store import read_meta, read_state
-from .tiling import TileGrid, blend_weights
+from .tiling import TileGrid
 
 __all__ = ["blend_region", "class_map", "blend_chunks"]
 

@@ -1,4 +1,4 @@
-"""Tile grid at a target pixel size, blending weights, and tile reading.
+"""Tile grid at a target pixel size, and tile reading.
 
 Geometry (all in *output pixels*, i.e. pixels at the target resolution ``target_mpp``):
 
@@ -8,7 +8,7 @@ Geometry (all in *output pixels*, i.e. pixels at the target resolution ``target_
   covers output rows ``[i*S - O/2, i*S - O/2 + T)`` (same for columns): its *core*
   ``[i*S, (i+1)*S)`` plus an O/2 margin on each side. Cores tile the image exactly; two
   neighbouring tiles overlap on a band O wide centred on their common core border.
-- Blending weight of a tile: ``w(y, x) = r(y) r(x)``, ``r(k) = min(1, (min(k, T-1-k) + 0.5) / O)``;
+- Blending weight of a tile (:func:`napari_biomedparse.inference.tiled.blend_weights`): ``w(y, x) = r(y) r(x)``, ``r(k) = min(1, (min(k, T-1-k) + 0.5) / O)``;
   across an overlap band the two neighbours' weights sum to 1 (a linear cross-fade), and the
   blended map is ``sum_t w_t p_t / sum_t w_t`` over the tiles covering a pixel.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from .readers import SlideImage
 
-__all__ = ["TileGrid", "DEFAULTS", "blend_weights", "read_tile", "to_rgb_uint8"]
+__all__ = ["TileGrid", "DEFAULTS", "read_tile", "to_rgb_uint8"]
 
 # Per-modality defaults: target um/px (None = the slide's own resolution, no resampling),
 # tile edge and overlap in output pixels. Pathology: 0.5 um/px (20x), the scale the bundled
@@ -121,14 +121,6 @@ class TileGrid:
         d = asdict(self)
         d["level0_shape"] = list(self.level0_shape)
         return d
-
-
-def blend_weights(tile_size: int, overlap: int) -> np.ndarray:
-    """Blending weights ``(T, T)`` float32 in (0, 1], falling off linearly over ``overlap``."""
-    k = np.arange(tile_size, dtype=np.float64)
-    d = np.minimum(k, tile_size - 1 - k) + 0.5
-    r = np.ones(tile_size) if overlap <= 0 else np.minimum(1.0, d / overlap)
-    return np.outer(r, r).astype(np.float32)
 
 
 def to_rgb_uint8(tile: np.ndarray, intensity_range: tuple[float, float] | None) -> np.ndarray:

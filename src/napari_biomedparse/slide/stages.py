@@ -1,0 +1,576 @@
+"""The stages of a slide run as lists of independent units, each with one task function.
+
+A *unit* is a small frozen dataclass naming the store (``<out>.partial``, a path every
+process sees) and the part of the work it owns; its *task* ``task(unit, env)`` writes only
+chunks / files no other unit writes, skips what is already recorded (resume), and returns a
+count. ``env`` is given by the executor (:mod:`.executors`, :mod:`.distributed`):
+``env.predictor()`` (the run's model, loaded once per process), ``env.image()`` (the slide),
+``env.report(done)`` (progress inside the unit) and ``env.cancel`` (``is_set()``).
+
+=========  ================================  ===========================================
+stage      unit                              writes
+=========  ================================  ===========================================
+tiles      :class:`TileUnit` (batches)       ``tiles/probs[i, j]`` then ``tiles/state``
+blending   :class:`BlendUnit` (a chunk row)  ``probs/0``, ``classes/0``, ``probs_state``
+instances  :class:`LabelUnit` (a block)      ``blocks/b_<b>.npz`` (the block's objects)
+painting   :class:`PaintUnit` (a block row)  ``labels/0`` (the cores of its blocks)
+=========  ================================  ===========================================
+
+Pyramids and tables (:func:`build_pyramid`, :func:`write_tables`) are sequential
+streaming writes of whole arrays / files and run where the run is finalised.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .blockwise import BlockLayout, BlockRecord, components, label_block, paint_block
+from .blockwise import split_labeller as _split_labeller
+from .readers import SlideImage
+from .stitching import blend_chunks
+from .store import RunCancelled, open_group, save_npz_atomic
+from .tiling import TileGrid, read_tile
+
+__all__ = [
+    "TileUnit",
+    "BlendUnit",
+    "LabelUnit",
+    "PaintUnit",
+    "run_tiles",
+    "tile_task",
+    "blend_task",
+    "label_task",
+    "paint_task",
+    "tile_units",
+    "build_pyramid",
+    "write_tables",
+]
+
+TASKS_PER_WORKER = 4  # tile units per worker (load balance vs. pipelining inside a unit)
+MAX_BATCHES_PER_UNIT = 8
+
+
+# --------------------------------------------------------------------------------------------
+# tiles
+
+
+def resize_tile_probs(out: np.ndarray, size: int) -> np.ndarray:
+    """(B, P, S, S) float -> (B, P, size, size) float32: model-input probabilities to the
+    tile size (bilinear, antialiased when shrinking; the same resize as the device path of
+    :class:`~napari_biomedparse.inference.fast.FastPredictor`)."""
+    if out.shape[-1] == size and out.shape[-2] == size:
+        return out.astype(np.float32, copy=False)
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+    r = torch.nn.functional.interpolate(
+        t, size=(size, size), mode="bilinear", align_corners=False, antialias=size < out.shape[-1]
+    )
+    return r.numpy()
+
+
+def run_tiles(
+    group,
+    image: SlideImage,
+    grid: TileGrid,
+    predictor,
+    batches,
+    prompts,
+    *,
+    fill: int = 255,
+    intensity_range: tuple[float, float] | None = None,
+    readers: int = 2,
+    read_ahead: int = 2,
+    progress=None,
+    cancel=None,
+) -> int:
+    """Process these tile batches with this predictor and write them into this store.
+
+    ``batches``: lists of flat tile indices (fixed partition; a batch is always run whole).
+    Writes ``tiles/probs[i, j]`` (uint8, round(255 p), ``(P, T, T)``) then
+    ``tiles/state[i, j] = 1`` for each tile, from a writer thread, while worker threads read
+    the next tiles (at most ``read_ahead`` batches ahead). Only the chunks of the given
+    tiles are written, so several processes may run disjoint batches on one store.
+    ``progress(done_tiles, total_tiles, message)`` is called after tiles are flushed.
+    Raises :class:`RunCancelled` when ``cancel`` is set (written tiles stay recorded).
+    Returns the number of tiles written.
+    """
+    S = int(predictor.input_size)
+    T = grid.tile_size
+    probs_arr = group["tiles/probs"]
+    state_arr = group["tiles/state"]
+    total = sum(len(b) for b in batches)
+    done = [0]
+    errors: list[BaseException] = []
+    wq: queue.Queue = queue.Queue(maxsize=max(1, read_ahead))
+
+    def writer():
+        while True:
+            item = wq.get()
+            if item is None:
+                return
+            if errors:
+                continue
+            batch, out = item
+            try:
+                if out.dtype == np.uint8 and out.shape[-1] == T:  # round(255 p) made on the GPU
+                    q = out
+                else:
+                    out = resize_tile_probs(np.asarray(out, dtype=np.float32), T)
+                    q = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+                for b, k in enumerate(batch):
+                    i, j = grid.index(k)
+                    probs_arr[i, j] = q[b]
+                for k in batch:  # only after every tile of the batch is stored
+                    i, j = grid.index(k)
+                    state_arr[i, j] = 1
+                done[0] += len(batch)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(exc)
+
+    wt = threading.Thread(target=writer, name="nbp-tile-writer", daemon=True)
+    wt.start()
+    pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="nbp-tile-reader")
+
+    def submit(batch):
+        return [
+            pool.submit(read_tile, image, grid, k, S, fill=fill, intensity_range=intensity_range)
+            for k in batch
+        ]
+
+    pending: collections.deque = collections.deque()
+    it = iter(batches)
+    try:
+        for _ in range(max(1, read_ahead) + 1):
+            b = next(it, None)
+            if b is None:
+                break
+            pending.append((b, submit(b)))
+        last_reported = -1
+        while pending:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled("cancelled")
+            if errors:
+                raise errors[0]
+            batch, futs = pending.popleft()
+            rgb = np.stack([f.result() for f in futs])
+            nb = next(it, None)
+            if nb is not None:
+                pending.append((nb, submit(nb)))
+            out = predictor.predict_batch(rgb, prompts)
+            if hasattr(out, "detach"):
+                out = out.detach().cpu().numpy()
+            out = np.asarray(out)
+            if out.shape[:2] != (len(batch), len(prompts)):
+                raise RuntimeError(
+                    f"predictor returned shape {out.shape}, expected ({len(batch)}, "
+                    f"{len(prompts)}, {S}, {S})"
+                )
+            wq.put((batch, out))
+            if progress is not None and done[0] != last_reported:
+                last_reported = done[0]
+                progress(done[0], total, f"tiles {done[0]}/{total}")
+    finally:
+        for _, futs in pending:
+            for f in futs:
+                f.cancel()
+        pool.shutdown(wait=True)
+        wq.put(None)
+        wt.join()
+    if errors:
+        raise errors[0]
+    if progress is not None:
+        progress(done[0], total, f"tiles {done[0]}/{total}")
+    return done[0]
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """Consecutive batches of the plan's fixed batch partition (``batches``: tuples of flat
+    tile indices), run whole."""
+
+    store: str
+    grid: TileGrid
+    batches: tuple
+    prompts: tuple
+    fill: int
+    intensity_range: tuple[float, float] | None
+    readers: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def tile_units(store, plan, batches, workers: int) -> list[TileUnit]:
+    """The tile stage's units for ``batches`` (those not yet recorded): one unit for one
+    worker (reading, model and writing then overlap across the whole stage), else a few
+    units per worker so that a slow or lost worker costs little."""
+    if not batches:
+        return []
+    if workers <= 1:
+        per = len(batches)
+    else:
+        per = max(
+            1, min(MAX_BATCHES_PER_UNIT, math.ceil(len(batches) / (TASKS_PER_WORKER * workers)))
+        )
+    return [
+        TileUnit(
+            str(store),
+            plan.grid,
+            tuple(tuple(b) for b in batches[i : i + per]),
+            tuple(plan.prompts),
+            plan.fill,
+            plan.intensity_range,
+            plan.readers,
+        )
+        for i in range(0, len(batches), per)
+    ]
+
+
+def tile_task(unit: TileUnit, env) -> int:
+    """Run the unit's batches that are not all recorded yet. Returns the tiles done."""
+    group = open_group(unit.store, "r+")
+    grid = unit.grid
+    # only the grid rows of this unit's tiles: one chunk file per tile, so reading the whole
+    # record in every unit would cost as much as the tiles themselves for small models
+    flat = [k for b in unit.batches for k in b]
+    r0, r1 = grid.index(min(flat))[0], grid.index(max(flat))[0] + 1
+    rows = np.asarray(group["tiles/state"][r0:r1])
+    done = set((np.flatnonzero(rows.reshape(-1) == 1) + r0 * rows.shape[1]).tolist())
+    todo = [list(b) for b in unit.batches if not all(k in done for k in b)]
+    skipped = unit.size - sum(len(b) for b in todo)
+    env.report(skipped)
+    if not todo:
+        return skipped
+    n = run_tiles(
+        group,
+        env.image(),
+        grid,
+        env.predictor(),
+        todo,
+        list(unit.prompts),
+        fill=unit.fill,
+        intensity_range=unit.intensity_range,
+        readers=unit.readers,
+        progress=lambda d, t, m: env.report(skipped + d),
+        cancel=env.cancel,
+    )
+    return skipped + n
+
+
+# --------------------------------------------------------------------------------------------
+# blending
+
+
+@dataclass(frozen=True)
+class BlendUnit:
+    """One row of output chunks (flat chunk ids ``chunks``)."""
+
+    store: str
+    grid: TileGrid
+    chunks: tuple
+    n_prompts: int
+    recognize: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.chunks)
+
+
+def blend_task(unit: BlendUnit, env) -> int:
+    group = open_group(unit.store, "r+")
+    blend_chunks(
+        group,
+        unit.grid,
+        unit.chunks,
+        n_prompts=unit.n_prompts,
+        recognize=unit.recognize,
+        progress=lambda d, t, m: env.report(d),
+        cancel=env.cancel,
+    )
+    return unit.size
+
+
+# --------------------------------------------------------------------------------------------
+# instances
+
+
+def block_file(store, b: int) -> Path:
+    return Path(store) / "blocks" / f"b_{b}.npz"
+
+
+@dataclass(frozen=True)
+class LabelUnit:
+    """Label one block (with its halo) into its record file. ``split_radius``: None =
+    8-connected components, else ``split_instances`` at this radius (output px; NaN = let it
+    estimate the size)."""
+
+    store: str
+    layout: BlockLayout
+    block: int
+    n_classes: int
+    halo: int
+    max_halo: int
+    min_area: int
+    split_radius: float | None
+
+    size = 1
+
+
+def label_task(unit: LabelUnit, env) -> int:
+    f = block_file(unit.store, unit.block)
+    if f.exists():
+        return 1
+    if env.cancel is not None and env.cancel.is_set():
+        raise RunCancelled("cancelled")
+    group = open_group(unit.store, "r")
+    if unit.split_radius is None:
+        labeller = components
+    else:
+        r = unit.split_radius
+        labeller = _split_labeller(None if r != r else r)
+    rec = label_block(
+        group["classes/0"],
+        group["probs/0"],
+        unit.layout,
+        unit.block,
+        n_classes=unit.n_classes,
+        halo=unit.halo,
+        max_halo=unit.max_halo,
+        min_area=unit.min_area,
+        labeller=labeller,
+    )
+    f.parent.mkdir(exist_ok=True)
+    save_npz_atomic(f, **rec.to_arrays())
+    return 1
+
+
+@dataclass(frozen=True)
+class PaintUnit:
+    """Paint the cores of ``blocks`` (one block row) from the records of their neighbours
+    (``near[i]``: the blocks whose owned crop meets ``blocks[i]``) with global ids starting
+    at ``offsets[nb] + 1`` for block ``nb``."""
+
+    store: str
+    layout: BlockLayout
+    blocks: tuple
+    near: tuple
+    offsets: tuple  # ((block, offset), ...) of every block named in ``near``
+
+    @property
+    def size(self) -> int:
+        return len(self.blocks)
+
+
+def paint_task(unit: PaintUnit, env) -> int:
+    labels = open_group(unit.store, "r+")["labels/0"]
+    offsets = dict(unit.offsets)
+    # LRU of block records: a 3 x 3 neighbourhood moving along a row needs ~9 of them
+    cache: collections.OrderedDict[int, BlockRecord] = collections.OrderedDict()
+    for n, (b, near_ids) in enumerate(zip(unit.blocks, unit.near)):
+        if env.cancel is not None and env.cancel.is_set():
+            raise RunCancelled("cancelled")
+        cy0, cx0, cy1, cx1 = unit.layout.core(b)
+        near = {}
+        for nb in near_ids:
+            if nb in cache:
+                cache.move_to_end(nb)
+            else:
+                with np.load(block_file(unit.store, nb)) as a:
+                    cache[nb] = BlockRecord.from_arrays(a)
+                while len(cache) > 12:
+                    cache.popitem(last=False)
+            near[nb] = cache[nb]
+        core = paint_block(unit.layout, b, near, offsets)
+        if core.any():
+            labels[cy0:cy1, cx0:cx1] = core
+        env.report(n + 1)
+    return unit.size
+
+
+def block_summary(store, n_blocks: int):
+    """Objects per block, their owned boxes and cut counts, from the block records:
+    ``(counts, boxes, offsets, n_cut)``."""
+    counts, boxes, n_cut = [], [], 0
+    for b in range(n_blocks):
+        with np.load(block_file(store, b)) as a:
+            counts.append(int(a["n"]))
+            oy, ox = (int(v) for v in a["origin"])
+            h, w = a["crop"].shape
+            boxes.append((oy, ox, oy + h, ox + w))
+            n_cut += int(a["n_cut"])
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return counts, boxes, offsets, n_cut
+
+
+def paint_units(store, layout: BlockLayout, counts, boxes, offsets) -> list[PaintUnit]:
+    nby, nbx = layout.grid
+    units = []
+    for r in range(nby):
+        blocks = tuple(range(r * nbx, (r + 1) * nbx))
+        near = []
+        for b in blocks:
+            cy0, cx0, cy1, cx1 = layout.core(b)
+            near.append(
+                tuple(
+                    nb
+                    for nb, (y0, x0, y1, x1) in enumerate(boxes)
+                    if counts[nb] and y0 < cy1 and y1 > cy0 and x0 < cx1 and x1 > cx0
+                )
+            )
+        used = sorted({nb for ids in near for nb in ids})
+        units.append(
+            PaintUnit(
+                str(store),
+                layout,
+                blocks,
+                tuple(near),
+                tuple((nb, int(offsets[nb])) for nb in used),
+            )
+        )
+    return units
+
+
+# --------------------------------------------------------------------------------------------
+# finalising: pyramids and tables (sequential streaming writes)
+
+
+def build_pyramid(group, name: str, dtype, chunk: int) -> int:
+    """Build ``name/1..`` by 2x subsampling (nearest: labels stay labels) until a level fits
+    one ``chunk``. Levels already marked complete are kept (resume). Returns levels."""
+    lvl = 0
+    while True:
+        src = group[f"{name}/{lvl}"]
+        H, W = src.shape
+        if max(H, W) <= chunk:
+            return lvl + 1
+        h, w = -(-H // 2), -(-W // 2)
+        dst_name = f"{name}/{lvl + 1}"
+        if dst_name in group and tuple(group[dst_name].shape) == (h, w):
+            dst = group[dst_name]
+            if group[dst_name].attrs.get("complete"):
+                lvl += 1
+                continue
+        else:
+            dst = group.create_array(
+                dst_name, shape=(h, w), chunks=(chunk, chunk), dtype=dtype, fill_value=0
+            )
+        half = chunk // 2
+        for y in range(0, h, chunk):
+            for x in range(0, w, chunk):
+                sub = np.zeros((min(chunk, h - y), min(chunk, w - x)), dtype)
+                for dy in range(0, sub.shape[0], half):  # one source chunk at a time
+                    for dx in range(0, sub.shape[1], half):
+                        sy, sx = 2 * (y + dy), 2 * (x + dx)
+                        blk = np.asarray(src[sy : sy + chunk, sx : sx + chunk])[::2, ::2]
+                        sub[dy : dy + blk.shape[0], dx : dx + blk.shape[1]] = blk
+                if sub.any():
+                    dst[y : y + sub.shape[0], x : x + sub.shape[1]] = sub
+        dst.attrs["complete"] = True
+        lvl += 1
+        trim_memory()
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the OS between stages (glibc keeps per-thread arenas
+    of freed buffers, which otherwise shows up as resident memory)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _table_schemas():
+    import pyarrow as pa
+
+    from .blockwise import TABLE_COLUMNS
+
+    ints = {"label", "class_id", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"}
+    fields = []
+    for c in TABLE_COLUMNS:
+        t = pa.int64() if c in ints else pa.string() if c == "class" else pa.float64()
+        fields.append(pa.field(c, t))
+    table = pa.schema(fields)
+    outl = pa.schema(
+        [
+            pa.field("label", pa.int64()),
+            pa.field("y", pa.list_(pa.float32())),
+            pa.field("x", pa.list_(pa.float32())),
+        ]
+    )
+    return table, outl
+
+
+def write_tables(store, n_blocks: int, offsets, grid: TileGrid, prompts, recognize: bool):
+    """Stream the table and outlines (level-0 pixel coordinates) from the block records into
+    ``table.parquet`` / ``outlines.parquet``, one row group per block (memory stays bounded
+    whatever the number of objects). Returns objects per class."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .blockwise import TABLE_COLUMNS
+
+    part = Path(store)
+    s = grid.scale
+    target_mpp = grid.target_mpp
+    H0, W0 = grid.level0_shape
+    names = np.array(prompts, dtype=object)
+    schema_t, schema_o = _table_schemas()
+    tmp_t = part / f"table.parquet.tmp-{os.getpid()}"
+    tmp_o = part / f"outlines.parquet.tmp-{os.getpid()}"
+    counts = np.zeros(len(prompts), np.int64)
+    with pq.ParquetWriter(tmp_t, schema_t) as wt, pq.ParquetWriter(tmp_o, schema_o) as wo:
+        for b in range(n_blocks if recognize else 0):
+            with np.load(block_file(part, b)) as a:
+                rec = BlockRecord.from_arrays(a)
+            if rec.n == 0:
+                continue
+            r = rec.rows
+            lab = np.arange(1, rec.n + 1, dtype=np.int64) + int(offsets[b])
+            cid = r["class_id"].astype(np.int64)
+            np.add.at(counts, cid - 1, 1)
+            cols = {
+                "label": lab,
+                "class": names[cid - 1].astype(str),
+                "class_id": cid,
+                "score": r["mean_prob"].astype(np.float64),
+                # areas: output pixels -> level-0 pixels / um^2
+                "area": np.rint(r["area"] * s * s).astype(np.int64),
+                "area_um2": r["area"] * target_mpp**2,
+                # centroid: output pixel centre index -> level-0 pixel centre index
+                "centroid_y": (r["centroid_y"] + 0.5) * s - 0.5,
+                "centroid_x": (r["centroid_x"] + 0.5) * s - 0.5,
+                "bbox_y0": np.floor(r["bbox_y0"] * s).astype(np.int64),
+                "bbox_x0": np.floor(r["bbox_x0"] * s).astype(np.int64),
+                "bbox_y1": np.minimum(np.ceil(r["bbox_y1"] * s), H0).astype(np.int64),
+                "bbox_x1": np.minimum(np.ceil(r["bbox_x1"] * s), W0).astype(np.int64),
+            }
+            wt.write_table(pa.table([cols[c] for c in TABLE_COLUMNS], schema=schema_t))
+            # the last output row / column may reach up to s/2 past the slide edge: clamp
+            ys = [np.minimum(o[:, 0] * s, H0).astype(np.float32) for o in rec.outlines]
+            xs = [np.minimum(o[:, 1] * s, W0).astype(np.float32) for o in rec.outlines]
+            wo.write_table(
+                pa.table(
+                    [
+                        pa.array(lab),
+                        pa.array(ys, pa.list_(pa.float32())),
+                        pa.array(xs, pa.list_(pa.float32())),
+                    ],
+                    schema=schema_o,
+                )
+            )
+    os.replace(tmp_t, part / "table.parquet")
+    os.replace(tmp_o, part / "outlines.parquet")
+    return {p: int(c) for p, c in zip(prompts, counts)}
