@@ -48,7 +48,7 @@ def test_finetune_from_layers(make_napari_viewer, qtbot, plugin_model_state, ann
     from napari_biomedparse.hub import load_model
 
     viewer, w = _widget(make_napari_viewer, annotated, tmp_path)
-    assert w.image.value == "he" and w.labels_layer.value == "cells"
+    assert w.image.value.name == "he" and w.labels_layer.value.name == "cells"
     n_layers = len(viewer.layers)
     w.start()
     assert w.run.running
@@ -88,7 +88,7 @@ def test_finetune_cancel_writes_nothing(
     viewer, w = _widget(make_napari_viewer, annotated, tmp_path)
     w.start_from.value = START_CURRENT
     w.steps.value = 500
-    w.run._emitter.progress.connect(lambda *a: w.run.cancel())
+    w.run.progressed.connect(lambda *a: w.run.cancel())
     w.start()
     qtbot.waitUntil(lambda: not w.run.running, timeout=300_000)
     assert w.run.last_outcome == "cancelled"
@@ -104,10 +104,10 @@ def test_finetune_bad_inputs_are_notifications(
 ):
     viewer, w = _widget(make_napari_viewer, annotated, tmp_path)
     viewer.add_labels(np.zeros((100, 100), np.int32), name="small")
-    w.labels_layer.value = "small"
+    w.labels_layer.value = viewer.layers["small"]
     assert w.start() is None and not w.run.running
     assert any("size" in str(r.message) or "empty" in str(r.message) for r in _errors())
-    w.labels_layer.value = "cells"
+    w.labels_layer.value = viewer.layers["cells"]
     w.prompts.value = "1: connective tissue cells"  # values 2 and 3 have no prompt
     assert w.start() is None and not w.run.running
     assert any("no prompt" in str(r.message) for r in _errors())

@@ -60,7 +60,7 @@ def test_instance_labels_layer_features_and_colours():
     assert np.allclose(cmap[2], L.class_color("inflammatory cells"))
     assert cmap[0][3] == 0
     assert kw["scale"] == (0.5, 0.5) and kw["translate"] == (2.0, 3.0)
-    assert kw["name"] == "img instances (recognize)"
+    assert kw["name"] == "img instances"
 
 
 def test_layers_build_real_napari_layers():
@@ -86,7 +86,7 @@ def test_layers_build_real_napari_layers():
     np.testing.assert_allclose(shapes.edge_color[1], L.class_color("inflammatory cells"))
     probs = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
     imgs = [Layer.create(*t) for t in L.probability_layers(probs, ["a", "b"], source="x")]
-    assert [i.name for i in imgs] == ["x a probability (segment)", "x b probability (segment)"]
+    assert [i.name for i in imgs] == ["x a probability", "x b probability"]
     cls = Layer.create(*L.class_map_layer(np.eye(4, dtype=np.uint8), ["tumor"], source="x"))
     assert cls.features["class"].tolist() == ["tumor"]
 

@@ -17,12 +17,24 @@ def _blocks() -> list[str]:
 
 
 def test_scripting_doc_runs(qtbot, capsys):
+    """Every block as written, the final ``napari.run()`` included: it returns once the
+    (shown) window is closed, here by a timer standing in for the user."""
+    from qtpy.QtCore import QTimer
+
     blocks = _blocks()
     assert len(blocks) >= 5
+    assert "napari.run()" in blocks[-1]
     ns: dict = {}
+    closed = []
+
+    def _user_closes_window():
+        closed.append(ns["viewer"].window._qt_window.isVisible())
+        ns["viewer"].close()
+
     try:
         for code in blocks:
-            code = code.replace("napari.run()", "viewer.close()")
+            if "napari.run()" in code:
+                QTimer.singleShot(1500, _user_closes_window)
             exec(compile(code, str(DOC), "exec"), ns)  # noqa: S102 - our own documentation
     except Exception:
         if "viewer" in ns:
@@ -30,14 +42,22 @@ def test_scripting_doc_runs(qtbot, capsys):
         raise
     out = capsys.readouterr().out
     for line in (
-        "labels  hgsc_nest instances (recognize)",
-        "labels  hgsc_nest classes (recognize)",
-        "shapes  hgsc_nest outlines (recognize)",
+        "labels  hgsc_nest instances",
+        "labels  hgsc_nest classes",
+        "shapes  hgsc_nest outlines",
     ):
         assert line in out
-    assert "image neoplastic cells mask (segment)" in out
+    assert "image neoplastic cells mask" in out
     viewer = ns["viewer"]
     assert ns["out"].exists() and ns["out"].stat().st_size > 0
-    assert any(name.endswith("(slide)") for name in [t[1]["name"] for t in ns["slide"]])
+    assert closed == [True]  # napari.run() ran with the window shown, and returned
+    names = [t[1]["name"] for t in ns["slide"]]
+    assert "cmu_small_region instances" in names and "cmu_small_region outlines" in names
+    visible = {t[1]["name"]: t[1].get("visible", True) for t in ns["layers"]}
+    assert visible == {
+        "hgsc_nest instances": True,
+        "hgsc_nest classes": False,
+        "hgsc_nest outlines": True,
+    }
     assert ns["widget"].__class__.__name__ == "RecognizeWidget"
     del viewer

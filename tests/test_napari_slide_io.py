@@ -32,15 +32,15 @@ def test_slide_widget_runs_engine_and_opens_results(
     w.overlap.value = 32
     w.output_folder.value = str(tmp_path)
     msgs = []
-    w.run._emitter.progress.connect(lambda d, t, m: msgs.append((d, t, m)))
+    w.run.progressed.connect(lambda d, t, m: msgs.append((d, t, m)))
     w.start()
     _wait(qtbot, w)
     assert w.run.last_outcome == "ok", w.run.last_error
     assert any("tile" in m.lower() for _, _, m in msgs)  # the bar shows tiles done
     store = tmp_path / "cmu_small_region.biomedparse.zarr"
     assert store.exists()
-    inst = viewer.layers["cmu_small_region instances (slide)"]
-    classes = viewer.layers["cmu_small_region classes (slide)"]
+    inst = viewer.layers["cmu_small_region instances"]
+    classes = viewer.layers["cmu_small_region classes"]
     assert inst.multiscale and classes.multiscale
     import dask.array as da
 
@@ -65,7 +65,7 @@ def test_slide_widget_runs_engine_and_opens_results(
     opened = viewer.open(str(store), plugin="napari-biomedparse")
     kinds = sorted(lay._type_string for lay in opened)
     assert kinds == ["labels", "labels", "shapes"]
-    assert any(lay.name.startswith("cmu_small_region instances (slide)") for lay in opened)
+    assert any(lay.name.startswith("cmu_small_region instances") for lay in opened)
     for lay in opened:
         viewer.layers.remove(lay)
     # export the full set through the writer
@@ -225,7 +225,7 @@ def test_slide_cancel_mid_run_leaves_viewer_unchanged(
         if "tile" in message.lower() and done >= 1:
             w.run.cancel()  # mid-run: some tiles done, not all
 
-    w.run._emitter.progress.connect(on_progress)
+    w.run.progressed.connect(on_progress)
     w.start()
     _wait(qtbot, w)
     assert w.run.last_outcome == "cancelled"
@@ -253,7 +253,7 @@ def test_slide_layers_on_an_in_memory_image_in_microns(bundled_predictor, tmp_pa
     kinds = [kind for _, _, kind in out]
     assert kinds[:2] == ["labels", "labels"]
     labels = Layer.create(*out[0])
-    assert labels.name == "crop instances (slide)"
+    assert labels.name == "crop instances"
     # processed at 0.5 um/px = 2 image pixels per output pixel, centred on them
     np.testing.assert_allclose(labels.scale, [0.5, 0.5])
     np.testing.assert_allclose(labels.translate, [5.0 + 0.125, 7.0 + 0.125])

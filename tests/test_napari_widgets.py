@@ -56,7 +56,7 @@ def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plug
     viewer.add_image(he_crop, name="he", scale=(0.5, 0.5), translate=(10, 20))
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
-    assert w.image.value == "he" and _hidden(w.scope)  # small image: no "whole image"
+    assert w.image.value.name == "he" and _hidden(w.scope)  # small image: no "whole image"
     assert "neoplastic cells" in w.vocabulary.choices  # the modality's vocabulary is offered
     w.vocabulary.value = "neoplastic cells"
     w.add_prompt.clicked.emit()
@@ -69,12 +69,12 @@ def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plug
     _wait(qtbot, w)
     assert w.run.last_outcome == "ok", w.run.last_error
     names = [lay.name for lay in viewer.layers]
-    assert "he neoplastic cells instances (segment)" in names
-    assert "he my free text target instances (segment)" in names
+    assert "he neoplastic cells instances" in names
+    assert "he my free text target instances" in names
     shapes = [lay for lay in viewer.layers if lay._type_string == "shapes"]
-    assert len(shapes) == 1 and shapes[0].name == "he boxes (segment)"  # default: boxes
+    assert len(shapes) == 1 and shapes[0].name == "he boxes"  # default: boxes
     assert set(shapes[0].shape_type) <= {"rectangle"}
-    inst = viewer.layers["he neoplastic cells instances (segment)"]
+    inst = viewer.layers["he neoplastic cells instances"]
     _check_instances(inst)
     assert set(inst.features["class"].astype(str)) <= {"neoplastic cells"}
     # aligned with the image
@@ -83,7 +83,7 @@ def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plug
     np.testing.assert_allclose(shapes[0].scale, [0.5, 0.5])
     assert (
         len(shapes[0].data)
-        == len(viewer.layers["he my free text target instances (segment)"].features)
+        == len(viewer.layers["he my free text target instances"].features)
         + len(inst.features)
         or shapes[0].metadata["biomedparse"]["note"]
     )
@@ -112,14 +112,14 @@ def test_segment_masks_and_probabilities(make_napari_viewer, qtbot, plugin_model
     w.output.value = "masks"
     w.start()
     _wait(qtbot, w)
-    mask = viewer.layers["he neoplastic cells mask (segment)"]
+    mask = viewer.layers["he neoplastic cells mask"]
     assert mask._type_string == "labels" and mask.data.shape == he_crop.shape[:2]
     assert {"class", "p_value", "present"} <= set(mask.features.columns)
     assert 0 <= float(mask.features["p_value"][0]) <= 1
     w.output.value = "probabilities"
     w.start()
     _wait(qtbot, w)
-    prob = viewer.layers["he neoplastic cells probability (segment)"]
+    prob = viewer.layers["he neoplastic cells probability"]
     assert prob.data.dtype == np.float32 and prob.data.shape == he_crop.shape[:2]
     assert 0 <= prob.data.min() and prob.data.max() <= 1
 
@@ -135,9 +135,9 @@ def test_recognize_all(make_napari_viewer, qtbot, plugin_model, he_crop):
     w.start()
     _wait(qtbot, w)
     assert w.run.last_outcome == "ok", w.run.last_error
-    inst = viewer.layers["he instances (recognize)"]
-    classes = viewer.layers["he classes (recognize)"]
-    outlines = viewer.layers["he outlines (recognize)"]  # default: outlines
+    inst = viewer.layers["he instances"]
+    classes = viewer.layers["he classes"]
+    outlines = viewer.layers["he outlines"]  # default: outlines
     assert len(outlines.data) == len(inst.features) and set(outlines.shape_type) == {"polygon"}
     assert list(outlines.text.values[:3]) == list(outlines.features["class"].astype(str)[:3])
     _check_instances(inst)
@@ -161,7 +161,7 @@ def test_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, plugin_model,
     w = RecognizeWidget(viewer)
     before = [lay.name for lay in viewer.layers]
     # cancel as soon as the run reports progress (i.e. mid-run)
-    w.run._emitter.progress.connect(lambda *a: w.run.cancel())
+    w.run.progressed.connect(lambda *a: w.run.cancel())
     w.start()
     assert w.run.running and w.run.cancel_button.enabled
     _wait(qtbot, w)
@@ -233,7 +233,7 @@ def test_settings_are_remembered(make_napari_viewer, plugin_settings):
     w.existence_test.value = False
     w.output.value = "masks"
     s = SlideWidget(viewer)
-    s.tile_size.value = 512
+    s.tile_size.value = 512  # not remembered: it follows the model and the modality
     s.output_folder.value = str(plugin_settings / "out")
     m = ModelWidget(viewer)
     assert _hidden(m.checkpoint)
@@ -244,7 +244,7 @@ def test_settings_are_remembered(make_napari_viewer, plugin_settings):
     assert w2.threshold.value == pytest.approx(0.3)
     assert w2.existence_test.value is False and w2.output.value == "masks"
     assert "vessel" in w2.vocabulary.choices  # CT-Liver targets
-    assert s2.tile_size.value == 512 and str(s2.output_folder.value).endswith("out")
+    assert s2.tile_size.value == 256 and str(s2.output_folder.value).endswith("out")
     assert m2.device.value == "cpu"
     for x in (w, s, m, w2, s2, m2):
         x.native.deleteLater()
@@ -273,7 +273,7 @@ def test_current_view_on_a_slide(make_napari_viewer, qtbot, plugin_model):
     w.start()
     _wait(qtbot, w)
     assert w.run.last_outcome == "ok", w.run.last_error
-    prob = viewer.layers["cmu_small_region neoplastic cells probability (segment)"]
+    prob = viewer.layers["cmu_small_region neoplastic cells probability"]
     lo, hi = np.asarray(prob.extent.world)
     img_lo, img_hi = np.asarray(slide.extent.world)[:, :2]
     assert (lo >= img_lo - 1).all() and (hi <= img_hi + 1).all()
@@ -295,7 +295,7 @@ def test_model_widget_loads_a_checkpoint_in_the_background(
     w.checkpoint.value = str(ckpt)
     w.device.value = "cpu"
     steps = []
-    w.run._emitter.progress.connect(lambda d, t, m: steps.append(m))
+    w.run.progressed.connect(lambda d, t, m: steps.append(m))
     w.start()
     assert w.run.running  # loading does not block the GUI thread
     _wait(qtbot, w)
@@ -333,7 +333,7 @@ def test_segment_whole_image_runs_the_slide_engine(
     _wait(qtbot, w)
     assert w.run.last_outcome == "ok", w.run.last_error
     assert (tmp_path / "pyr.segment.biomedparse.zarr").exists()
-    inst = viewer.layers["pyr instances (slide)"]
+    inst = viewer.layers["pyr instances"]
     assert isinstance(inst.data if not inst.multiscale else inst.data[0], da.Array)
     assert str(inst.units[0]) == "micrometer"
     np.testing.assert_allclose(inst.scale, [0.5, 0.5])  # the engine's 0.5 um/px

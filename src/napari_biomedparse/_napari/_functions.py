@@ -59,6 +59,22 @@ def _report(progress, done, total, message=""):
         progress(done, total, message)
 
 
+def _task_kwargs(task: str, progress, cancel) -> dict:
+    """``progress=`` / ``cancel=`` for ``Predictor.<task>`` where the inference task takes
+    them (tile-level progress, cancel between tile batches)."""
+    import inspect
+
+    from napari_biomedparse.inference import tasks
+
+    params = inspect.signature(getattr(tasks, task)).parameters
+    out = {}
+    if "progress" in params and progress is not None:
+        out["progress"] = progress
+    if "cancel" in params and cancel is not None:
+        out["cancel"] = cancel
+    return out
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -265,7 +281,12 @@ def segment_layer(
     producer = "segment"
     if output == "probabilities":
         probs = pred.segment(
-            pixels, list(prompts), modality=modality, site=site, mpp=_pixel_mpp(inp, scale)
+            pixels,
+            list(prompts),
+            modality=modality,
+            site=site,
+            mpp=_pixel_mpp(inp, scale),
+            **_task_kwargs("segment", progress, cancel),
         )
         check_cancel(cancel)
         out = _layers.probability_layers(
@@ -280,6 +301,7 @@ def segment_layer(
             mask_threshold=float(threshold),
             p_threshold=float(p_threshold) if existence_test else None,
             mpp=_pixel_mpp(inp, scale),
+            **_task_kwargs("detect", progress, cancel),
         )
         check_cancel(cancel)
         out = _detection_layers(det, inp.name, producer, output, scale, translate, shapes)
@@ -333,7 +355,8 @@ def _detection_layers(det, source, producer, output, scale, translate, shapes="b
             data, kw, kind = _layers.class_map_layer(
                 mask, [prompt], source=source, producer=producer, scale=scale, translate=translate
             )
-            kw["name"] = f"{source} {prompt} mask ({producer})"
+            kw["name"] = f"{source} {prompt} mask"
+            kw["visible"] = True
             kw["features"] = feats
             out.append((data, kw, kind))
         else:
@@ -347,7 +370,7 @@ def _detection_layers(det, source, producer, output, scale, translate, shapes="b
                 translate=translate,
                 metadata={"p_value": float(row["p_value"]), "present": bool(row["present"])},
             )
-            kw["name"] = f"{source} {prompt} instances ({producer})"
+            kw["name"] = f"{source} {prompt} instances"
             out.append((data, kw, kind))
     if output == "instances":
         out += _shapes_layers(det, shapes, source, producer, scale, translate)
@@ -403,6 +426,7 @@ def recognize_layer(
         site=site,
         p_threshold=float(p_threshold) if p_threshold else None,
         mpp=_pixel_mpp(inp, scale),
+        **_task_kwargs("recognize", progress, cancel),
     )
     check_cancel(cancel)
     out = _recognition_layers(rec, inp.name, "recognize", scale, translate, shapes)

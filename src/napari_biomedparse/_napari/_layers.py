@@ -134,7 +134,7 @@ def probability_layers(
     for prob, prompt in zip(probs, prompts):
         rgb = class_color_rgb(prompt)
         kw = {
-            "name": f"{source} {prompt} probability ({producer})",
+            "name": f"{source} {prompt} probability",
             "colormap": _colormap_for(prompt, rgb),
             "contrast_limits": (0.0, 1.0),
             "blending": "additive",
@@ -198,10 +198,11 @@ def class_map_layer(
             if c not in feats.columns:
                 feats[c] = extra[c].to_numpy()
     kw = {
-        "name": f"{source} classes ({producer})",
+        "name": f"{source} classes",
         "features": feats,
         "colormap": _labels_colormap({i + 1: n for i, n in enumerate(names)}),
         "opacity": 0.5,
+        "visible": False,  # the instances show the same classes; toggle on when needed
         "metadata": {"biomedparse": {"producer": producer, "kind": "classes", "classes": names}},
         **_transform(scale, translate),
     }
@@ -224,7 +225,7 @@ def instance_labels_layer(
     """Labels of instances with ``features`` and each instance coloured by its class."""
     feats = instance_features(table)
     kw = {
-        "name": f"{source} instances ({producer})",
+        "name": f"{source} instances",
         "features": feats,
         "opacity": 0.6,
         "metadata": {
@@ -317,7 +318,7 @@ def shapes_layer(
         else np.zeros((0, 4))
     )
     kw = {
-        "name": f"{source} {'outlines' if use_outlines else 'boxes'} ({producer})",
+        "name": f"{source} {'outlines' if use_outlines else 'boxes'}",
         "shape_type": types,
         "features": sub,
         "edge_color": colors,

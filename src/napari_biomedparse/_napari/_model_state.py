@@ -2,7 +2,9 @@
 
 The Model widget configures it; the other widgets ask for :meth:`ModelState.predictor`
 inside their worker thread, which loads the configured model on first use (so loading never
-blocks the GUI). No napari / Qt import here.
+blocks the GUI). The state is evented: :attr:`ModelState.changed` (a psygnal signal) is emitted
+with the loaded :class:`ModelSpec` (or None) whenever the current model changes, from the
+thread that changed it. No napari / Qt import here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from psygnal import Signal
 
 SOURCES = ("default", "biomedparse-v1", "checkpoint")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -101,7 +105,13 @@ def load_predictor(spec: ModelSpec, progress=None):
 
 
 class ModelState:
-    """The current model spec and, once loaded, its Predictor (thread-safe)."""
+    """The current model spec and, once loaded, its Predictor (thread-safe).
+
+    ``changed(spec)``: emitted after a model was loaded or set (``spec`` = the loaded
+    :class:`ModelSpec`) or cleared (None).
+    """
+
+    changed = Signal(object)
 
     def __init__(self):
         self.spec = ModelSpec()
@@ -130,6 +140,7 @@ class ModelState:
             self.spec = spec
             self._predictor = pred
             self._loaded = spec
+        self.changed.emit(spec)
         return pred
 
     def use(self, model, *, name: str = "custom", device: str = "auto") -> None:
@@ -141,6 +152,33 @@ class ModelState:
             self.spec = ModelSpec(source="checkpoint", checkpoint=name, device=device)
             self._predictor = pred
             self._loaded = self.spec
+        self.changed.emit(self.spec)
+
+    @property
+    def model(self):
+        """The loaded model (None before the first load)."""
+        pred = self._predictor
+        return None if pred is None else getattr(pred, "model", None)
+
+    def metadata(self) -> dict:
+        """The current model's metadata (``vocabulary``, ``inference``, ...) without loading it:
+        the loaded model's, else read from the configured checkpoint's header (cheap; {} when
+        the file has none, e.g. official ``.pt`` files)."""
+        model = self.model
+        if model is not None and self._loaded == self.spec:
+            return dict(getattr(model, "metadata", None) or {})
+        try:
+            if self.spec.source == "default":
+                from napari_biomedparse.hub import DEFAULT_WEIGHTS as path
+            elif self.spec.source == "checkpoint":
+                path = Path(self.spec.load_arg())
+            else:
+                return {}
+            from napari_biomedparse.model.checkpoint import read_checkpoint_metadata
+
+            return {k: v for k, v in read_checkpoint_metadata(path).items() if v is not None}
+        except Exception:  # noqa: BLE001 - no file yet / unreadable: nothing known
+            return {}
 
     def predictor(self, progress=None):
         """The Predictor of the configured model, loading it on first use."""
@@ -159,6 +197,7 @@ class ModelState:
             self._predictor = None
             self._loaded = None
             self.spec = ModelSpec()
+        self.changed.emit(None)
 
 
 MODEL = ModelState()

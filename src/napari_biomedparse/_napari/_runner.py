@@ -1,9 +1,13 @@
-"""Run a job in a napari thread worker with a progress bar and a Cancel button.
+"""Run a job in a napari thread worker, with napari's progress and a Cancel button.
 
 The job is a plain function ``func(*, progress, cancel, **kwargs)`` from the core layers (or
-from :mod:`._functions`): ``progress(done, total, message)`` is called from the worker
-thread and shown in the GUI thread through a queued Qt signal; ``cancel`` is a
-``threading.Event`` that the job checks. The result is handed to ``on_result`` in the GUI
+from :mod:`._functions`), the same one a script calls: ``progress(done, total, message)`` is
+called from the worker thread, ``cancel`` is a ``threading.Event`` that the job checks
+(between tile batches for tiled and slide runs). The worker is a
+:func:`napari.qt.threading.create_worker` generator worker: each progress report is handed to
+the GUI thread through the worker's own ``yielded`` signal, where it moves the widget's
+progress bar and a :class:`napari.utils.cancelable_progress` shown in napari's activity dock
+(whose cancel button cancels the run too). The result is handed to ``on_result`` in the GUI
 thread only when the job finished and was not cancelled, so a cancelled run adds nothing.
 Errors become napari notifications (never tracebacks).
 """
@@ -18,20 +22,33 @@ from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import create_worker
+from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from psygnal import Signal
 
 from ._functions import Cancelled, friendly_error
 
 log = logging.getLogger(__name__)
 
 
-class _Emitter(QObject):
-    progress = Signal(int, int, str)
+class _RunProgress(cancelable_progress):
+    """The activity dock's entry of a run; its cancel button cancels the run at once."""
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.cancel_callback is not None:
+            self.cancel_callback()
 
 
 class RunControls(Container):
-    """Run / Cancel buttons, a progress bar (tiles or steps done) and a status line."""
+    """Run / Cancel buttons, a progress bar (tiles or steps done) and a status line.
+
+    Signals (GUI thread): ``progressed(done, total, message)`` for every progress report;
+    ``finished(outcome)`` with ``"ok"``, ``"cancelled"`` or ``"error"``.
+    """
+
+    progressed = Signal(int, int, str)
+    finished = Signal(str)
 
     def __init__(self, run_text: str = "Run", **kwargs):
         self.run_button = PushButton(text=run_text)
@@ -46,10 +63,9 @@ class RunControls(Container):
         self.margins = (0, 0, 0, 0)
         self.worker = None
         self.cancel_event: threading.Event | None = None
-        self.last_outcome: str | None = None  # "ok" | "cancelled" | "error" (for tests)
+        self.pbar: cancelable_progress | None = None  # the activity dock's entry of the run
+        self.last_outcome: str | None = None  # "ok" | "cancelled" | "error"
         self.last_error: BaseException | None = None
-        self._emitter = _Emitter()
-        self._emitter.progress.connect(self._on_progress)
         self.cancel_button.changed.connect(self.cancel)
         self._t0 = 0.0
 
@@ -71,12 +87,13 @@ class RunControls(Container):
             show_warning(f"{description}: a run is already in progress; wait for it or Cancel.")
             return None
         cancel = threading.Event()
-        emitter = self._emitter
-
-        def _progress(done, total=None, message=""):
-            emitter.progress.emit(int(done or 0), int(total or 0), str(message or ""))
+        box: dict[str, Any] = {}
 
         def _job():
+            # a generator worker: progress reports travel to the GUI thread on ``yielded``
+            def _progress(done, total=None, message=""):
+                box["worker"].yielded.emit((int(done or 0), int(total or 0), str(message or "")))
+
             try:
                 return "ok", func(progress=_progress, cancel=cancel, **kwargs)
             except Cancelled:
@@ -86,8 +103,11 @@ class RunControls(Container):
                     return "cancelled", None
                 log.exception("%s failed", description)
                 return "error", exc
+            yield  # noqa: unreachable - makes this a generator function
 
         worker = create_worker(_job, _start_thread=False)
+        box["worker"] = worker
+        worker.yielded.connect(self._on_progress)
         worker.returned.connect(
             lambda outcome: self._on_returned(outcome, on_result, cancel, description)
         )
@@ -102,18 +122,22 @@ class RunControls(Container):
         self.progress_bar.max = 0  # busy indicator until the first progress report
         self.progress_bar.value = 0
         self.status.value = f"{description}: starting..."
+        self.pbar = _RunProgress(total=0, desc=description, cancel_callback=self.cancel)
+        self._description = description
         self._t0 = time.monotonic()
         worker.start()
         return worker
 
     def cancel(self, *_):
+        """Ask the running job to stop (it stops after the current tile batch or step)."""
         if self.cancel_event is not None and self.worker is not None:
             self.cancel_event.set()
-            self.status.value = "Cancelling (stops after the current step)..."
+            self.status.value = "Cancelling (stops after the current tile batch)..."
             self.cancel_button.enabled = False
 
     # -- slots (GUI thread)
-    def _on_progress(self, done: int, total: int, message: str):
+    def _on_progress(self, report):
+        done, total, message = report
         if self.worker is None or (self.cancel_event is not None and self.cancel_event.is_set()):
             return
         if total > 0:
@@ -123,6 +147,18 @@ class RunControls(Container):
         if message:
             text = f"{message} ({text})" if text else message
         self.status.value = text
+        self.progressed.emit(done, total, message)
+        # last: napari's activity dock may process events (and so the next report) here
+        pbar = self.pbar
+        if pbar is not None:
+            if total > 0 and pbar.total != total:
+                pbar.total = total
+            step = min(done, total) - pbar.n if total > 0 else 0
+            if step > 0:
+                pbar.update(step)
+            desc = f"{self._description}: {message}" if message else self._description
+            if pbar.desc != desc:
+                pbar.set_description(desc)
 
     def _on_returned(self, outcome, on_result, cancel, description):
         kind, value = outcome
@@ -152,6 +188,10 @@ class RunControls(Container):
         if self.worker is worker:
             self.worker = None
             self.cancel_event = None
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         self.progress_bar.visible = False
+        self.finished.emit(self.last_outcome or "error")

@@ -29,7 +29,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 
 from ._runner import RunControls
-from ._widgets._common import ImageLayerChoice
+from ._widgets._common import layer_choice
 
 START_CURRENT = "current model"
 START_DEFAULT = "default model"
@@ -122,8 +122,8 @@ class FinetuneWidget(Container):
 
     def __init__(self, napari_viewer=None):
         self.viewer = napari_viewer
-        self.image = ImageLayerChoice(napari_viewer, label="image")
-        self.labels_layer = ComboBox(choices=self._labels_names, label="labels")
+        self.image = layer_choice(napari_viewer, label="image")
+        self.labels_layer = layer_choice(napari_viewer, Labels, label="labels")
         self.prompts = LineEdit(value="1: nuclei", label="label: prompt")
         self.prompts.tooltip = (
             "The prompt of each label value, e.g. '1: connective tissue cells, "
@@ -170,21 +170,6 @@ class FinetuneWidget(Container):
         )
         self.last_result = None
         self.run.run_button.changed.connect(self.start)
-        if napari_viewer is not None:
-            for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-                ev.connect(self._refresh_labels)
-
-    # -- choices
-    def _labels_names(self, *_):
-        if self.viewer is None:
-            return []
-        return [lay.name for lay in self.viewer.layers if isinstance(lay, Labels)]
-
-    def _refresh_labels(self, *_):
-        try:
-            self.labels_layer.reset_choices()
-        except RuntimeError:  # widget already deleted
-            pass
 
     # -- inputs
     def _freeze(self) -> tuple[str, ...]:
@@ -201,13 +186,12 @@ class FinetuneWidget(Container):
         """Check the layers and prompts in the GUI thread; raise ValueError with a hint."""
         from napari_biomedparse.training.data import parse_prompt_mapping
 
-        img_layer = self.image.layer
+        img_layer = self.image.value
         if img_layer is None:
             raise ValueError("choose an Image layer to train on")
-        name = self.labels_layer.value
-        if name is None or name not in self.viewer.layers:
+        lab_layer = self.labels_layer.value
+        if lab_layer is None:
             raise ValueError("choose a Labels layer with your annotations (add one and paint)")
-        lab_layer = self.viewer.layers[name]
         if img_layer.multiscale:
             raise ValueError(
                 "the image is multiscale (a slide): fine-tune on a single-resolution crop "

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
-from magicgui.widgets import ComboBox
+from magicgui.widgets import create_widget
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_info, show_warning
+from superqt.utils import ensure_main_thread
 
 from .. import _functions as F
 from .._settings import restore
@@ -20,45 +22,50 @@ CURRENT_VIEW = "current view"
 WHOLE_IMAGE = "whole image"
 
 
-def image_layers(viewer) -> list[str]:
-    if viewer is None:
-        return []
-    return [lay.name for lay in viewer.layers if isinstance(lay, Image)]
+def layer_choice(viewer, kind=Image, *, label: str = "image"):
+    """magicgui's napari-aware layer ComboBox (``annotation=kind``; its value is the layer).
+
+    Its choices are the viewer's layers of that type; they follow the viewer (layers added,
+    removed, moved or renamed) whether or not the widget is docked yet.
+    """
+    widget = create_widget(annotation=kind, label=label)
+    if viewer is not None:
+
+        def _refresh(*_):
+            try:
+                widget.reset_choices()
+            except RuntimeError:  # the Qt widget was deleted
+                pass
+
+        def _watch(event=None):
+            lay = getattr(event, "value", None)
+            if lay is not None:
+                lay.events.name.connect(_refresh)
+            _refresh()
+
+        viewer.layers.events.inserted.connect(_watch)
+        viewer.layers.events.removed.connect(_refresh)
+        viewer.layers.events.moved.connect(_refresh)
+        for lay in viewer.layers:
+            lay.events.name.connect(_refresh)
+        widget._biomedparse_refresh = _refresh  # keep the callbacks alive with the widget
+        widget._biomedparse_watch = _watch
+        _refresh()
+    return widget
 
 
-class ImageLayerChoice(ComboBox):
-    """A ComboBox of the viewer's Image layers (by name), kept up to date."""
+def on_main_thread(func):
+    """``func`` called in the GUI thread whatever thread emits (for :data:`MODEL.changed`);
+    a callback whose Qt widget is gone is ignored."""
 
-    def __init__(self, viewer, **kwargs):
-        self._viewer = viewer
-        super().__init__(choices=self._names, **kwargs)
-        if viewer is not None:
-            for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-                ev.connect(self._refresh)
-            viewer.layers.events.inserted.connect(self._watch_name)
-            for lay in viewer.layers:
-                lay.events.name.connect(self._refresh)
-
-    def _names(self, *_):
-        return image_layers(self._viewer)
-
-    def _watch_name(self, event=None):
-        if event is not None and hasattr(event, "value"):
-            event.value.events.name.connect(self._refresh)
-
-    def _refresh(self, *_):
+    @ensure_main_thread
+    def _call(*args):
         try:
-            self.reset_choices()
-        except RuntimeError:  # widget already deleted
+            func(*args)
+        except RuntimeError:  # the widget was deleted
             pass
 
-    @property
-    def layer(self) -> Image | None:
-        name = self.value
-        if self._viewer is None or name is None or name not in self._viewer.layers:
-            return None
-        lay = self._viewer.layers[name]
-        return lay if isinstance(lay, Image) else None
+    return _call
 
 
 def is_large(layer) -> bool:
@@ -119,18 +126,39 @@ def default_output_folder() -> str:
 
 
 def vocabulary(modality: str, site: str | None) -> list[str]:
+    """The current model's prompts for the modality (its ``vocabulary`` metadata, read from the
+    checkpoint before it is loaded), else the official BiomedParse list; [] when none is
+    known (e.g. a site is needed)."""
     from napari_biomedparse.inference.modalities import targets_for
 
     from .._model_state import MODEL
 
-    model = None
-    pred = getattr(MODEL, "_predictor", None)
-    if pred is not None:
-        model = getattr(pred, "model", None)
+    meta = MODEL.metadata()
+    model = SimpleNamespace(metadata=meta) if meta else None
     try:
         return list(targets_for(modality, site or None, model=model))
     except ValueError:
         return []
+
+
+def slide_defaults(modality: str) -> dict:
+    """What the slide engine uses when nothing is given, for the current model and
+    ``modality``: ``{"mpp": float | None (None = the image's own resolution), "tile_size",
+    "overlap"}`` (pixels at that resolution). A tile-trained model (``metadata["inference"]``
+    mode "tiled") brings its own tile size, overlap and, for modalities processed at a
+    physical pixel size, its training pixel size."""
+    from napari_biomedparse.slide.tiling import defaults_for
+
+    from .._model_state import MODEL
+
+    d = defaults_for(modality)
+    spec = MODEL.metadata().get("inference") or {}
+    if spec.get("mode") == "tiled":
+        d["tile_size"] = int(spec.get("tile_size") or d["tile_size"])
+        d["overlap"] = int(spec.get("overlap", d["overlap"]))
+        if d["mpp"] is not None and spec.get("mpp"):
+            d["mpp"] = float(spec["mpp"])
+    return d
 
 
 def sites(modality: str) -> list[str]:
@@ -141,7 +169,8 @@ def sites(modality: str) -> list[str]:
 
 class ModalitySiteForm:
     """Mixin of the Segment and Recognize widgets (attributes ``viewer``, ``settings_key`` and
-    the fields ``image``, ``modality``, ``site``, ``scope``, ``on_rerun``, ``run``): the site
+    the fields ``image``, ``modality``, ``site``, ``scope``, ``on_rerun``, ``run``,
+    ``results``): the site
     choices follow the modality (hidden when it has none), the remembered site is restored,
     then the subclass's ``_site_changed`` updates what depends on the site; :meth:`_launch`
     runs the work on the right part of the image."""
@@ -156,8 +185,18 @@ class ModalitySiteForm:
         self._site_changed()
 
     def _show(self, layer_data, policy):
-        add_result_layers(self.viewer, layer_data, policy)
+        added = add_result_layers(self.viewer, layer_data, policy)
+        self.results.show(added)
         self._site_changed()  # the model is loaded now: offer its vocabulary
+        return added
+
+    def _watch_model(self):
+        """Follow the shared model (its vocabulary) without polling."""
+        from .._model_state import MODEL
+
+        self._on_model_changed = on_main_thread(lambda *_: self._site_changed())
+        MODEL.changed.connect(self._on_model_changed)
+        self.native.destroyed.connect(lambda *_: MODEL.changed.disconnect(self._on_model_changed))
 
     def _launch(self, title: str, layer, layer_fn, slide_kwargs: dict, **layer_kwargs):
         """Start the work in the run controls' thread worker.

@@ -1,5 +1,7 @@
 """Model widget: which model (bundled default, official v1, or a checkpoint file), device,
-precision and weights cache; loads in the background with progress."""
+precision and weights cache; loads in the background with progress. The "current" line
+follows the shared model state's ``changed`` signal (a model loaded by another widget's first
+run or by a script shows up too)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 from .._model_state import DEVICES, MODEL, PRECISIONS, ModelSpec
 from .._runner import RunControls
 from .._settings import remember, restore
+from ._common import on_main_thread
 
 SOURCE_CHOICES = [
     ("default (bundled, offline)", "default"),
@@ -34,8 +37,10 @@ class ModelWidget(Container):
         self.cache_dir = FileEdit(mode="d", value="", label="weights cache")
         self.cache_dir.tooltip = "Where downloaded official weights are kept (empty = default)."
         self.loaded = Label(value="not loaded yet (loads on first run)", label="current")
+        self.loaded.native.setWordWrap(True)
         self.run = RunControls("Load model")
         super().__init__(
+            scrollable=True,
             widgets=[
                 self.source,
                 self.checkpoint,
@@ -44,7 +49,7 @@ class ModelWidget(Container):
                 self.cache_dir,
                 self.loaded,
                 self.run,
-            ]
+            ],
         )
         persisted = {
             "source": self.source,
@@ -53,7 +58,7 @@ class ModelWidget(Container):
             "precision": self.precision,
             "cache_dir": self.cache_dir,
         }
-        self.max_width = 440  # long paths must not squeeze the canvas
+        self.max_width = 420  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         remember(persisted, self.settings_key)
         for w in persisted.values():
@@ -61,13 +66,10 @@ class ModelWidget(Container):
         self.run.run_button.changed.connect(self.start)
         self._sync()
         self._show_loaded()
-        # another widget's run may load the model: keep "current" up to date (cheap poll,
-        # owned by this widget's Qt object so it stops with it)
-        from qtpy.QtCore import QTimer
-
-        self._timer = QTimer(self.native)
-        self._timer.timeout.connect(self._show_loaded)
-        self._timer.start(1000)
+        # another widget's run (or a script) may load the model: the shared state is evented
+        self._on_model_changed = on_main_thread(lambda *_: self._show_loaded())
+        MODEL.changed.connect(self._on_model_changed)
+        self.native.destroyed.connect(lambda *_: MODEL.changed.disconnect(self._on_model_changed))
 
     def spec(self) -> ModelSpec:
         def _s(v):

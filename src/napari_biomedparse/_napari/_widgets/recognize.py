@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, RadioButtons
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label
 from napari.utils.notifications import show_warning
 
 from napari_biomedparse.inference.modalities import MODALITIES
@@ -15,11 +15,13 @@ from ._common import (
     CURRENT_VIEW,
     REPLACE,
     WHOLE_IMAGE,
-    ImageLayerChoice,
     ModalitySiteForm,
+    default_output_folder,
     is_large,
+    layer_choice,
     vocabulary,
 )
+from .results import ResultsView
 
 
 class RecognizeWidget(ModalitySiteForm, Container):
@@ -29,14 +31,15 @@ class RecognizeWidget(ModalitySiteForm, Container):
 
     def __init__(self, napari_viewer=None):
         self.viewer = napari_viewer
-        self.image = ImageLayerChoice(napari_viewer, label="image")
+        self.image = layer_choice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
         self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.targets = Label(value="", label="targets")
+        self.targets.native.setWordWrap(True)  # the whole vocabulary, on several lines
         self.p_threshold = FloatSpinBox(
             value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
         )
-        self.scope = RadioButtons(
+        self.scope = ComboBox(
             choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False
         )
         self.shapes = ComboBox(
@@ -45,7 +48,9 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.shapes.tooltip = "Shapes layer of the objects, with the class as text."
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier results")
         self.run = RunControls("Recognize all")
+        self.results = ResultsView(napari_viewer, default_output_folder())
         super().__init__(
+            scrollable=True,
             widgets=[
                 self.image,
                 self.modality,
@@ -56,7 +61,8 @@ class RecognizeWidget(ModalitySiteForm, Container):
                 self.scope,
                 self.on_rerun,
                 self.run,
-            ]
+                self.results,
+            ],
         )
         persisted = {
             "modality": self.modality,
@@ -65,7 +71,7 @@ class RecognizeWidget(ModalitySiteForm, Container):
             "shapes": self.shapes,
             "on_rerun": self.on_rerun,
         }
-        self.max_width = 440  # long paths must not squeeze the canvas
+        self.max_width = 420  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         self._modality_changed()
         remember({**persisted, "site": self.site}, self.settings_key)
@@ -73,19 +79,20 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.site.changed.connect(self._site_changed)
         self.image.changed.connect(self._sync)
         self.run.run_button.changed.connect(self.start)
+        self._watch_model()
         self._sync()
 
     def _site_changed(self, *_):
         voc = vocabulary(self.modality.value, self.site.value or None)
-        text = ", ".join(voc) if voc else "(none known: choose a site or a model with a vocabulary)"
-        self.targets.value = text if len(text) < 120 else text[:117] + "..."
-        self.targets.tooltip = ", ".join(voc)
+        self.targets.value = (
+            ", ".join(voc) if voc else "(none known: choose a site or a model with a vocabulary)"
+        )
 
     def _sync(self, *_):
-        self.scope.visible = is_large(self.image.layer)
+        self.scope.visible = is_large(self.image.value)
 
     def start(self, *_):
-        layer = self.image.layer
+        layer = self.image.value
         if layer is None:
             show_warning("Recognize all: open an image first (File > Open, or File > Open Sample).")
             return None

@@ -10,7 +10,6 @@ from magicgui.widgets import (
     FloatSpinBox,
     LineEdit,
     PushButton,
-    RadioButtons,
 )
 from napari.utils.notifications import show_warning
 
@@ -24,11 +23,13 @@ from ._common import (
     CURRENT_VIEW,
     REPLACE,
     WHOLE_IMAGE,
-    ImageLayerChoice,
     ModalitySiteForm,
+    default_output_folder,
     is_large,
+    layer_choice,
     vocabulary,
 )
+from .results import ResultsView
 
 OUTPUT_CHOICES = [
     ("instances with boxes", "instances"),
@@ -44,7 +45,7 @@ class SegmentWidget(ModalitySiteForm, Container):
 
     def __init__(self, napari_viewer=None):
         self.viewer = napari_viewer
-        self.image = ImageLayerChoice(napari_viewer, label="image")
+        self.image = layer_choice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
         self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.vocabulary = ComboBox(choices=self._vocab_choices, label="targets")
@@ -57,14 +58,16 @@ class SegmentWidget(ModalitySiteForm, Container):
             value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
         )
         self.output = ComboBox(choices=OUTPUT_CHOICES, value="instances", label="output")
-        self.scope = RadioButtons(
+        self.scope = ComboBox(
             choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False
         )
         self.shapes = ComboBox(choices=["boxes", "outlines", "none"], value="boxes", label="shapes")
         self.shapes.tooltip = "Shapes layer of the objects, with the class as text."
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier results")
         self.run = RunControls("Segment")
+        self.results = ResultsView(napari_viewer, default_output_folder())
         super().__init__(
+            scrollable=True,
             widgets=[
                 self.image,
                 self.modality,
@@ -80,7 +83,8 @@ class SegmentWidget(ModalitySiteForm, Container):
                 self.scope,
                 self.on_rerun,
                 self.run,
-            ]
+                self.results,
+            ],
         )
         self._persisted = {
             "modality": self.modality,
@@ -93,7 +97,7 @@ class SegmentWidget(ModalitySiteForm, Container):
             "shapes": self.shapes,
             "on_rerun": self.on_rerun,
         }
-        self.max_width = 440  # long paths must not squeeze the canvas
+        self.max_width = 420  # long paths must not squeeze the canvas
         restore({"modality": self.modality}, self.settings_key)
         self._modality_changed()
         restore(self._persisted, self.settings_key)
@@ -104,6 +108,7 @@ class SegmentWidget(ModalitySiteForm, Container):
         self.existence_test.changed.connect(self._sync)
         self.image.changed.connect(self._sync)
         self.run.run_button.changed.connect(self.start)
+        self._watch_model()
         self._sync()
 
     # -- form logic
@@ -127,7 +132,7 @@ class SegmentWidget(ModalitySiteForm, Container):
 
     def _sync(self, *_):
         self.p_threshold.enabled = bool(self.existence_test.value)
-        self.scope.visible = is_large(self.image.layer)
+        self.scope.visible = is_large(self.image.value)
 
     @property
     def prompt_list(self) -> list[str]:
@@ -135,7 +140,7 @@ class SegmentWidget(ModalitySiteForm, Container):
 
     # -- running
     def start(self, *_):
-        layer = self.image.layer
+        layer = self.image.value
         if layer is None:
             show_warning("Segment: open an image first (File > Open, or File > Open Sample).")
             return None

@@ -1,4 +1,8 @@
-"""Slide-processing widget: the slide engine's parameters, and opening earlier results."""
+"""Slide-processing widget: the slide engine's parameters, and opening earlier results.
+
+The pixel size, tile size and overlap fields show what the engine will use: the defaults of
+the current model and the chosen modality (:func:`._common.slide_defaults`), refreshed when
+either changes; the values shown are the values passed."""
 
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ from .._settings import remember, restore
 from ._common import (
     ADD,
     REPLACE,
-    ImageLayerChoice,
     add_result_layers,
     default_output_folder,
+    layer_choice,
+    on_main_thread,
+    slide_defaults,
 )
+from .results import ResultsView
 
 RECOGNIZE = "recognize all"
 PROMPTS = "prompts"
@@ -40,18 +47,18 @@ class SlideWidget(Container):
 
     def __init__(self, napari_viewer=None):
         self.viewer = napari_viewer
-        self.image = ImageLayerChoice(napari_viewer, label="image")
+        self.image = layer_choice(napari_viewer, label="image")
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
         self.task = ComboBox(choices=[RECOGNIZE, PROMPTS], value=RECOGNIZE, label="task")
         self.prompts = LineEdit(value="", label="prompts", visible=False)
-        self.mpp = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.05, label="pixel size (um)")
-        self.mpp.tooltip = (
-            "Microns per pixel to process at; 0 = the model's preset for the modality."
-        )
-        self.tile_size = SpinBox(value=0, min=0, max=8192, step=64, label="tile (px)")
-        self.tile_size.tooltip = "Tile edge at the processing pixel size; 0 = the model input size."
-        self.overlap = SpinBox(value=-1, min=-1, max=4096, step=16, label="overlap (px)")
-        self.overlap.tooltip = "Overlap between tiles; -1 = the engine's default."
+        self.native_mpp = CheckBox(value=False, text="at the image's own pixel size")
+        self.native_mpp.tooltip = "Process without resampling (fluorescence and the like)."
+        self.mpp = FloatSpinBox(value=0.5, min=0.05, max=100.0, step=0.05, label="pixel size (um)")
+        self.mpp.tooltip = "Microns per pixel the tiles are processed at (the slide is resampled)."
+        self.tile_size = SpinBox(value=256, min=64, max=8192, step=32, label="tile (px)")
+        self.tile_size.tooltip = "Tile edge in pixels at the processing pixel size."
+        self.overlap = SpinBox(value=32, min=0, max=2048, step=2, label="overlap (px)")
+        self.overlap.tooltip = "Overlap between neighbouring tiles (even, < tile / 2)."
         self.tissue_mask = CheckBox(value=True, text="skip background (tissue mask)")
         self.output_folder = FileEdit(
             mode="d", value=default_output_folder(), label="output folder"
@@ -66,15 +73,18 @@ class SlideWidget(Container):
         self.overwrite = CheckBox(value=False, text="overwrite an existing result")
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier layers")
         self.run = RunControls("Process slide")
+        self.result_view = ResultsView(napari_viewer, default_output_folder())
         self.results = FileEdit(mode="d", value="", label="earlier results")
         self.results.tooltip = "A <name>.biomedparse.zarr folder written by an earlier run."
         self.open_button = PushButton(text="Open results")
         super().__init__(
+            scrollable=True,
             widgets=[
                 self.image,
                 self.modality,
                 self.task,
                 self.prompts,
+                self.native_mpp,
                 self.mpp,
                 self.tile_size,
                 self.overlap,
@@ -87,15 +97,13 @@ class SlideWidget(Container):
                 self.run,
                 self.results,
                 self.open_button,
-            ]
+                self.result_view,
+            ],
         )
         persisted = {
             "modality": self.modality,
             "task": self.task,
             "prompts": self.prompts,
-            "mpp": self.mpp,
-            "tile_size": self.tile_size,
-            "overlap": self.overlap,
             "tissue_mask": self.tissue_mask,
             "output_folder": self.output_folder,
             "scheduler": self.scheduler,
@@ -103,22 +111,42 @@ class SlideWidget(Container):
             "overwrite": self.overwrite,
             "on_rerun": self.on_rerun,
         }
-        self.max_width = 440  # long paths must not squeeze the canvas
+        self.max_width = 420  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         remember(persisted, self.settings_key)
         self.task.changed.connect(self._sync)
+        self.native_mpp.changed.connect(self._sync)
+        self.modality.changed.connect(self.show_defaults)
         self.run.run_button.changed.connect(self.start)
         self.open_button.changed.connect(self.open_results)
+        # the defaults follow the current model (evented shared state, no polling)
+        from .._model_state import MODEL
+
+        self._on_model_changed = on_main_thread(lambda *_: self.show_defaults())
+        MODEL.changed.connect(self._on_model_changed)
+        self.native.destroyed.connect(lambda *_: MODEL.changed.disconnect(self._on_model_changed))
+        self.show_defaults()
+
+    def show_defaults(self, *_):
+        """Fill pixel size, tile size and overlap with the current model's and modality's
+        defaults (what the engine would use)."""
+        d = slide_defaults(self.modality.value)
+        self.native_mpp.value = d["mpp"] is None
+        if d["mpp"] is not None:
+            self.mpp.value = float(d["mpp"])
+        self.tile_size.value = int(d["tile_size"])
+        self.overlap.value = int(d["overlap"])
         self._sync()
 
     def _sync(self, *_):
         self.prompts.visible = self.task.value == PROMPTS
+        self.mpp.enabled = not self.native_mpp.value
 
     def output_path(self, layer) -> Path:
         return Path(self.output_folder.value).expanduser() / f"{layer.name}.biomedparse.zarr"
 
     def start(self, *_):
-        layer = self.image.layer
+        layer = self.image.value
         if layer is None:
             show_warning("Slide processing: open a slide first (File > Open, or Open Sample).")
             return None
@@ -137,20 +165,29 @@ class SlideWidget(Container):
                 "or open it with 'Open results'."
             )
             return None
+        mpp = None if self.native_mpp.value else float(self.mpp.value)
+        if self.native_mpp.value and slide_defaults(self.modality.value)["mpp"] is not None:
+            mpp = F.as_image_input(layer).mpp  # this modality resamples unless told the size
+            if not mpp:
+                show_warning(
+                    "Slide processing: the image has no pixel size to process it at; untick "
+                    "'at the image's own pixel size' and give the pixel size."
+                )
+                return None
         policy = self.on_rerun.value
         self.results.value = str(out)
         return self.run.start(
             F.slide_layers,
-            on_result=lambda r: add_result_layers(self.viewer, r, policy),
+            on_result=lambda r: self.result_view.show(add_result_layers(self.viewer, r, policy)),
             description="Slide processing",
             image=F.as_image_input(layer),
             out=str(out),
             prompts=prompts,
             recognize=prompts is None,
             modality=self.modality.value,
-            mpp=float(self.mpp.value) or None,
-            tile_size=int(self.tile_size.value) or None,
-            overlap=None if int(self.overlap.value) < 0 else int(self.overlap.value),
+            mpp=mpp,
+            tile_size=int(self.tile_size.value),
+            overlap=int(self.overlap.value),
             tissue_mask=bool(self.tissue_mask.value),
             resume=bool(self.resume.value),
             overwrite=bool(self.overwrite.value),
@@ -170,4 +207,6 @@ class SlideWidget(Container):
         except Exception as exc:  # noqa: BLE001
             show_error(f"Open results: could not read {path}: {F.friendly_error(exc)}")
             return None
-        return add_result_layers(self.viewer, layers, self.on_rerun.value)
+        added = add_result_layers(self.viewer, layers, self.on_rerun.value)
+        self.result_view.show(added)
+        return added
