@@ -215,3 +215,20 @@ def test_loading_does_not_need_two_copies(tmp_path):
     assert out.returncode == 0, out.stderr
     growth = float(out.stdout.strip().splitlines()[-1])
     assert growth < 1.3 * size, (growth, size)  # a plain load + copy needs about 2x
+
+
+def test_random_bytes_and_bad_header_json_get_clear_messages(tmp_path, official_sd):
+    import numpy as np
+
+    rnd = tmp_path / "random.pt"
+    rnd.write_bytes(b"\x13" + np.random.default_rng(0).bytes(4095))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint") as info:
+        model_from_checkpoint(rnd, config=CFG)
+    assert "weights_only=False" not in str(info.value)
+    # a safetensors file whose metadata entry is not JSON
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad), metadata={"name": "{not json"})
+    with pytest.raises(CheckpointError, match="'name' is not valid JSON.*save_checkpoint"):
+        read_checkpoint_metadata(bad)

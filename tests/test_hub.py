@@ -33,6 +33,9 @@ def isolated(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # the quick reachability check sees a reachable hub (the stand-ins below answer for it)
+    monkeypatch.setattr(hub, "_hub_offline_reason", lambda timeout=3.0: None)
     return tmp_path
 
 
@@ -166,3 +169,51 @@ def test_default_model(monkeypatch, tmp_path):
     # a saved checkpoint is a complete drop-in through load_model(path)
     again = load_model(hub.DEFAULT_WEIGHTS)
     assert again.config == tiny.config and again.metadata["vocabulary"] == vocab
+
+
+def test_offline_fails_at_once_with_one_clear_message(monkeypatch, capsys, tmp_path):
+    """HF_HUB_OFFLINE, or a hub address where nothing answers: no retries, no traceback."""
+    import socket
+    import time
+
+    monkeypatch.undo()  # the real reachability check (the hub download stays forbidden)
+    monkeypatch.setenv(hub.ENV_CACHE, str(tmp_path / "empty-cache"))
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the download must not be attempted when offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv(hub.ENV_V1, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE.*HF_TOKEN"):
+        load_model("biomedparse-v1", config=CFG)
+    assert time.perf_counter() - t0 < 2
+    # a closed local port as the hub endpoint: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError, match="no connection to 127.0.0.1"):
+        load_model("biomedparse-v1", config=CFG)
+    assert time.perf_counter() - t0 < 5
+    # the command line: one line, exit 1
+    from napari_biomedparse.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    slide = Path(__file__).parent / "data" / "openslide_fixtures" / "small.svs"
+    rc = main(["slide", str(slide), "-o", str(tmp_path / "o"), "--model", "biomedparse-v1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "HF_HUB_OFFLINE" in err
+
+
+def test_load_model_on_a_folder_says_what_to_pass(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match="is a folder.*weights.safetensors"):
+        load_model(tmp_path / "m")

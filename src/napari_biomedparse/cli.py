@@ -67,6 +67,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_biomedparse.errors import BiomedParseError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -80,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError, PermissionError, OSError) as exc:
-        print(f"napari-biomedparse: error: {exc}", file=sys.stderr)
+    except (BiomedParseError, ValueError, OSError) as exc:
+        # the documented failures (errors.BiomedParseError and the built-in types they and the
+        # readers / checkpoint loaders use): one line that says what to do, no traceback
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"napari-biomedparse: error: {msg}", file=sys.stderr)
         return 1
 
 

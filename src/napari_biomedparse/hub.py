@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import BiomedParseError
 from .model.biomedparse import BiomedParse
 from .model.checkpoint import model_from_checkpoint, read_checkpoint_metadata
 from .model.config import BiomedParseConfig
@@ -65,8 +66,28 @@ _HELP = (
 )
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(BiomedParseError, RuntimeError):
     """The requested weights are neither local nor obtainable from the hub."""
+
+
+def _hub_offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached right now (None: it may be): ``HF_HUB_OFFLINE`` set,
+    or no TCP connection to the hub's host within ``timeout`` seconds (one quick try, so
+    that an offline machine fails at once instead of after the client's retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    u = urlparse(endpoint)
+    host, port = u.hostname or "huggingface.co", u.port or (80 if u.scheme == "http" else 443)
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"no connection to {host}:{port} ({exc})"
+    return None
 
 
 def cache_dir() -> Path:
@@ -168,6 +189,12 @@ def resolve_v1_checkpoint(
             f"{V1_FILENAME} is not in the cache and downloading is disabled. "
             + _HELP.format(cache=cache)
         )
+    offline = _hub_offline_reason()
+    if offline:
+        raise ModelUnavailableError(
+            f"{V1_FILENAME} is not in the cache and the Hugging Face hub cannot be reached "
+            f"({offline}). " + _HELP.format(cache=cache)
+        )
     cache.mkdir(parents=True, exist_ok=True)
     ckpt = _hub_download(V1_FILENAME, token, cache)
     try:
@@ -234,6 +261,14 @@ def load_model(
             model.metadata["target_dist"] = _read_target_dist(td)
         return model
     p = Path(name).expanduser()
+    if p.is_dir():
+        files = sorted(
+            str(c.name) for c in p.iterdir() if c.suffix in (".safetensors", ".pt", ".pth")
+        )
+        hint = f" It holds {', '.join(files[:5])}: pass one of them." if files else ""
+        raise IsADirectoryError(
+            f"{p} is a folder; load_model needs a checkpoint file (.safetensors or .pt).{hint}"
+        )
     if not p.exists():
         raise FileNotFoundError(
             f"No model named or located at {name!r}: use 'default', 'biomedparse-v1' or the "

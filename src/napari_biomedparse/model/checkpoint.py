@@ -120,10 +120,18 @@ def read_checkpoint_metadata(source: str | os.PathLike) -> dict[str, Any]:
             "download or save it again"
         ) from exc
     out: dict[str, Any] = {"config": None}
-    if CONFIG_KEY in raw:
-        out["config"] = BiomedParseConfig.from_json(raw[CONFIG_KEY])
-    for key in _META_KEYS:
-        out[key] = json.loads(raw[key]) if key in raw else None
+    key = CONFIG_KEY
+    try:
+        if CONFIG_KEY in raw:
+            out["config"] = BiomedParseConfig.from_json(raw[CONFIG_KEY])
+        for key in _META_KEYS:
+            out[key] = json.loads(raw[key]) if key in raw else None
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{path}: the header entry {key!r} is not valid JSON of this program ({exc}); the "
+            "file was edited or written by another tool. Save the model again with "
+            "save_checkpoint, or load the tensors of an official .pt file instead"
+        ) from exc
     return out
 
 
@@ -175,6 +183,14 @@ def _torch_load(path: Path) -> Any:
             log.info("%s is in the legacy torch format: read without memory mapping", path)
             return load(mmap=False)
     except pickle.UnpicklingError as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch zip nor pickle
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint (neither torch's zip format nor a pickle; "
+                f"it starts with {head!r}): the file is damaged or of another kind. Download "
+                "or save it again, or give the checkpoint file itself (.pt / .safetensors)"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} is not a plain state dict: it holds pickled Python objects that are not "

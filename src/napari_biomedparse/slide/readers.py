@@ -374,6 +374,36 @@ def read_axes(arr, axes: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return out.transpose([kept.index("Y"), kept.index("X"), kept.index("C")])
 
 
+def _reduced_axes(axes: str, shape) -> dict[str, int]:
+    """The axes other than Y, X, C, S of size > 1 (read at index 0): ``{"T": 3, "Z": 5}``.
+    With both C and S, C is one of them (samples are kept)."""
+    axes = axes.upper()
+    both = "C" in axes and "S" in axes
+    return {
+        a: int(n)
+        for a, n in zip(axes, shape)
+        if int(n) > 1 and (a not in "YXCS" or (a == "C" and both))
+    }
+
+
+def check_processable(image: SlideImage) -> None:
+    """Refuse, for processing, an image whose reading dropped planes (a T / Z stack read at
+    index 0) or whose pixel type / channel count the model pipeline cannot interpret (the
+    rules of :func:`napari_biomedparse.inference.validate.check_image_kind`)."""
+    from napari_biomedparse.inference.validate import check_image_kind
+
+    name = image.path or "the image"
+    reduced = image.properties.get("reduced_axes") or {}
+    if reduced:
+        dims = ", ".join(f"{a}={n}" for a, n in reduced.items())
+        raise SlideReadError(
+            f"{name} is a stack ({dims}); a slide run reads one 2-D plane. Save the plane you "
+            "want as its own image (e.g. with tifffile: imwrite(out, data[t, z])), or segment "
+            "the stack slice by slice with segment/recognize"
+        )
+    check_image_kind(image.dtype, image.channels, name=name)
+
+
 def _to_yxc(arr: da.Array, axes: str) -> da.Array:
     """Reorder a dask array with tifffile / OME axes letters to (Y, X, C)."""
     axes = axes.upper()
@@ -433,6 +463,7 @@ def _open_tifffile(path: Path, chunk: int) -> SlideImage:
         series = tif.series[0]
         if "Y" not in series.axes or "X" not in series.axes:
             raise ValueError(f"no image plane in the first series (axes {series.axes!r})")
+        reduced = _reduced_axes(series.axes, series.shape)
         store = series.aszarr()
         z = zarr.open(store, mode="r")
         if isinstance(z, zarr.Array):
@@ -459,6 +490,7 @@ def _open_tifffile(path: Path, chunk: int) -> SlideImage:
         path=str(path),
         format="ome-tiff" if tif.is_ome else "tiff",
         direct=direct,
+        properties={"reduced_axes": reduced} if reduced else {},
     )
 
 
@@ -484,8 +516,28 @@ def _open_zarr(path: Path, chunk: int) -> SlideImage:
             raise SlideReadError(f"{path}: zarr group without arrays or OME multiscales metadata.")
         return _from_arrays([da.from_zarr(z[n]) for n in names], None, str(path), "zarr")
     m = ms[0]
-    axes = m.get("axes") or ["t", "c", "z", "y", "x"][-z[m["datasets"][0]["path"]].ndim :]
-    letters = "".join((a["name"] if isinstance(a, dict) else a)[0].upper() for a in axes)
+    try:
+        datasets = [z[ds["path"]] for ds in m["datasets"]]
+    except (KeyError, TypeError, FileNotFoundError) as exc:
+        listed = [ds.get("path") for ds in m.get("datasets", []) if isinstance(ds, dict)]
+        present = sorted(k for k, _ in z.arrays())
+        raise SlideReadError(
+            f"{path}: the OME-Zarr multiscales metadata lists levels {listed} but "
+            f"{exc} is missing or unreadable (present: {present}); the store is incomplete "
+            "(an interrupted copy?): copy it again, or remove the missing level from the "
+            "multiscales datasets"
+        ) from None
+    if not datasets:
+        raise SlideReadError(f"{path}: the OME-Zarr multiscales metadata lists no datasets.")
+    axes = m.get("axes") or ["t", "c", "z", "y", "x"][-datasets[0].ndim :]
+    letters = "".join(str(a["name"] if isinstance(a, dict) else a)[:1].upper() for a in axes)
+    if "Y" not in letters or "X" not in letters or len(letters) != datasets[0].ndim:
+        raise SlideReadError(
+            f"{path}: the OME-Zarr axes {[a.get('name') if isinstance(a, dict) else a for a in axes]} "
+            f"do not name a 'y' and an 'x' axis for the {datasets[0].ndim}-D arrays; fix the "
+            "multiscales 'axes' metadata (e.g. ['c', 'y', 'x'])"
+        )
+    reduced = _reduced_axes(letters, datasets[0].shape)
     levels, mpp, direct = [], None, []
     for ds in m["datasets"]:
         d = da.from_zarr(z[ds["path"]])
@@ -501,7 +553,14 @@ def _open_zarr(path: Path, chunk: int) -> SlideImage:
                     scale = {"nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6}.get(unit, 1.0)
                     if unit in (None, "micrometer", "nanometer", "millimeter", "meter"):
                         mpp = _parse_float(float(t["scale"][yi]) * scale)
-    return SlideImage(levels=levels, mpp=mpp, path=str(path), format="ome-zarr", direct=direct)
+    return SlideImage(
+        levels=levels,
+        mpp=mpp,
+        path=str(path),
+        format="ome-zarr",
+        direct=direct,
+        properties={"reduced_axes": reduced} if reduced else {},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,6 +628,11 @@ def open_image(source, *, mpp: float | None = None, chunk: int = _DEFAULT_CHUNK)
     else:
         path = Path(os.fspath(source)).expanduser()
         if not path.exists():
+            if path.is_symlink():
+                raise SlideReadError(
+                    f"{path} is a symbolic link that leads nowhere (broken, or a loop of links): "
+                    "point it at the slide file or give the file itself"
+                )
             raise FileNotFoundError(f"no such slide or image: {path}")
         img = _open_path(path, chunk)
     if mpp is not None:

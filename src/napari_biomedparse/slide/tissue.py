@@ -111,8 +111,22 @@ def compute_tissue_mask(
         rgb = low[..., :3]
     else:
         rgb = np.repeat(low[..., :1], 3, axis=2)
-    scale = 255.0 if image.dtype == np.uint8 else max(float(rgb.max()), 1e-6)
-    rgb = np.clip(rgb / scale, 0, 1)
+    if image.dtype == np.uint8:
+        rgb = rgb / 255.0
+    else:  # any range (negative floats too); NaN / inf pixels count as the lowest value
+        finite = np.isfinite(rgb)
+        if not finite.any():
+            from napari_biomedparse.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"{image.path or 'the image'} has no finite pixel value at low resolution "
+                "(all NaN or infinite): check the file, or replace them (np.nan_to_num)"
+            )
+        vals = rgb[finite]
+        lo = min(0.0, float(vals.min()))
+        scale = max(float(vals.max()) - lo, 1e-6)
+        rgb = np.where(finite, rgb - lo, 0.0) / scale
+    rgb = np.clip(rgb, 0, 1)
     grey = rgb.mean(axis=2)
     if brightfield is None:
         brightfield = bool(np.median(grey) > 0.5)
