@@ -83,8 +83,7 @@ def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plug
     np.testing.assert_allclose(shapes[0].scale, [0.5, 0.5])
     assert (
         len(shapes[0].data)
-        == len(viewer.layers["he my free text target instances"].features)
-        + len(inst.features)
+        == len(viewer.layers["he my free text target instances"].features) + len(inst.features)
         or shapes[0].metadata["biomedparse"]["note"]
     )
     n = len(viewer.layers)
@@ -349,3 +348,120 @@ def test_unavailable_device_says_what_to_do():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="choose device 'auto' or 'cpu' in the Model widget"):
         load_predictor(ModelSpec(device="cuda"))
+
+
+WIDGETS = ("Segment", "Recognize all", "Slide processing", "Model", "Fine-tune")
+
+
+def test_every_widget_docks_through_the_manifest(make_napari_viewer, plugin_model_state, he_crop):
+    """Each manifest widget docks; layer choices are magicgui's napari-aware ones and follow
+    the viewer; the vocabulary is the configured model's (read before it is loaded)."""
+    from napari.layers import Image
+
+    viewer = make_napari_viewer()
+    widgets = {
+        name: viewer.window.add_plugin_dock_widget("napari-biomedparse", name)[1]
+        for name in WIDGETS
+    }
+    assert plugin_model_state.loaded_spec is None  # docking loads nothing
+    rec, seg = widgets["Recognize all"], widgets["Segment"]
+    assert rec.image.annotation is Image and rec.image.value is None
+    layer = viewer.add_image(he_crop, name="he")
+    assert rec.image.value is layer and seg.image.value is layer
+    layer.name = "renamed"
+    assert [lay.name for lay in rec.image.choices] == ["renamed"]
+    # the bundled model's pathology vocabulary, in full; not the official list
+    assert set(rec.targets.value.split(", ")) == {
+        "connective tissue cells",
+        "inflammatory cells",
+        "neoplastic cells",
+    }
+    assert "epithelial cells" not in rec.targets.value
+    assert "epithelial cells" not in seg.vocabulary.choices
+    viewer.layers.remove(layer)
+    assert rec.image.value is None
+
+
+def test_progress_in_activity_dock_and_widget_then_results_view(
+    make_napari_viewer, qtbot, plugin_model, he_crop, tmp_path
+):
+    """A run reports progress to napari's progress model (the activity dock) and to the
+    widget; the results view shows per-class counts and links table rows to the canvas;
+    one click exports GeoJSON and CSV."""
+    import json
+
+    import pandas as pd
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-biomedparse", "Recognize all")
+    w.p_threshold.value = 0.0001
+    in_dock, in_widget = [], []
+
+    def on_progress(done, total, message):
+        in_widget.append((done, total, message, w.run.progress_bar.value))
+        in_dock.append([(p.desc, p.n, p.total) for p in progress._all_instances])
+
+    w.run.progressed.connect(on_progress)
+    w.start()
+    assert any(p is w.run.pbar for p in progress._all_instances)  # listed while it runs
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    assert in_widget and in_widget[-1][0] == in_widget[-1][1]  # the last report: all done
+    assert all(any(d.startswith("Recognize all") for d, _, _ in entries) for entries in in_dock)
+    assert w.run.pbar is None and not any(
+        str(p.desc).startswith("Recognize all") for p in progress._all_instances
+    )  # closed when the run ended
+    # results view: counts of the last run = the instance layer's features
+    inst = viewer.layers["he instances"]
+    expected = inst.features["class"].astype(str).value_counts().to_dict()
+    assert expected and w.results.counts_by_class == expected
+    for name, n in expected.items():
+        assert f"{name} {n}" in w.results.counts.value
+    # visibility: instances and outlines shown, class map hidden
+    assert inst.visible and viewer.layers["he outlines"].visible
+    assert not viewer.layers["he classes"].visible
+    # table row -> canvas
+    row = 2
+    label = int(w.results._rows[row])
+    w.results.select_row(row)
+    assert inst.selected_label == label and inst.show_selected_label
+    shapes = viewer.layers["he outlines"]
+    assert [int(shapes.features["index"][i]) for i in shapes.selected_data] == [label]
+    # canvas -> table (an object picked in the canvas)
+    other = int(w.results._rows[0])
+    inst.show_selected_label = False
+    inst.selected_label = other
+    assert w.results.selected_row == 0
+    # one-click export of the current result
+    w.results.folder.value = str(tmp_path)
+    (geo,) = w.results.export(".geojson")
+    (csv,) = w.results.export(".csv")
+    gj = json.loads(open(geo).read())
+    assert len(gj["features"]) == len(inst.features) == len(pd.read_csv(csv))
+
+
+def test_cancel_from_the_activity_dock(make_napari_viewer, qtbot, plugin_model, he_crop):
+    """The activity dock's cancel (napari's cancelable_progress) cancels the run: no layer."""
+    viewer = make_napari_viewer()
+    viewer.add_image(he_crop, name="he")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-biomedparse", "Segment")
+    w.prompts.value = "neoplastic cells"
+    before = [lay.name for lay in viewer.layers]
+    w.run.progressed.connect(lambda *a: w.run.pbar is not None and w.run.pbar.cancel())
+    w.start()
+    _wait(qtbot, w)
+    assert w.run.last_outcome == "cancelled"
+    assert [lay.name for lay in viewer.layers] == before
+    assert w.results.labels_layer is None  # nothing shown as a result
+
+
+def test_run_on_choice_renders_on_a_slide(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-biomedparse", "cmu_small_region")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-biomedparse", "Recognize all")
+    qtbot.wait(50)
+    assert w.scope.native.isVisible()
+    assert w.scope.native.currentText() == "current view" and w.scope.native.count() == 2
+    assert w.scope.native.sizeHint().height() > 10
