@@ -295,6 +295,7 @@ def mnfinder_info(root: Path | None = None) -> dict[str, dict[str, str]]:
     for line in meta:
         key, cell, stain = line.split("|")
         split, folder, _ = key.split("/", 2)
+        cell = "RPE-1" if cell == "RPE1" else cell  # the folder names say RPE1, the table RPE-1
         out[f"mnfinder {key}"] = {
             "split": split,
             "folder": folder,
