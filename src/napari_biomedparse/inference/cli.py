@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .prompts import parse_prompts
+
 __all__ = ["read_image", "register"]
 
 
@@ -159,7 +161,7 @@ def run_segment(args) -> int:
     det = detect(
         pred,
         image,
-        args.prompt,
+        parse_prompts(args.prompt),
         modality=args.modality,
         site=args.site,
         channels=_channels(args.channels),
@@ -186,7 +188,7 @@ def run_recognize(args) -> int:
     names = ["labels.tif", "classes.tif", "table.csv", "classes.csv"]
     if out.exists() and not args.overwrite and any((out / n).exists() for n in names):
         raise FileExistsError(f"{out} already holds results; pass --overwrite to replace them")
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    targets = parse_prompts(args.targets, what="target") if args.targets else None
     pred = _predictor(args)
     rec = recognize(
         pred,

@@ -28,39 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ..model.biomedparse import BiomedParse
+from .devices import resolve_device, resolve_dtype
+from .prompts import parse_prompts
 
 __all__ = ["Predictor", "ImageEncoding", "DecodeResult", "resolve_device", "resize_rgb"]
-
-_DTYPES = {
-    None: None,
-    "fp32": None,
-    "float32": None,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None -> cuda if available, else mps, else cpu; anything else as given."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def _resolve_dtype(dtype) -> torch.dtype | None:
-    if isinstance(dtype, torch.dtype):
-        return None if dtype == torch.float32 else dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype must be None, float32, bfloat16 or float16 (got {dtype!r})")
 
 
 def as_rgb_uint8(image, name: str = "image") -> np.ndarray:
@@ -93,15 +64,7 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def _check_prompts(prompts) -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("Give at least one text prompt, e.g. ['neoplastic cells']")
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"Prompts must be non-empty strings, got {p!r}")
-    return prompts
+    return parse_prompts(prompts, strict=True)  # one map per prompt given
 
 
 @dataclass
@@ -164,7 +127,7 @@ class Predictor:
                 "with load_checkpoint(model, path) first"
             )
         self.device = resolve_device(device)
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
         self.input_size = int(model.config.input_size)
         self._text_cache: OrderedDict = OrderedDict()

@@ -37,6 +37,7 @@ from .instances import instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .objects import TABLE_COLUMNS, empty_table
 from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
+from .prompts import parse_prompts
 from .recognition import class_names as recognition_class_names
 from .recognition import recognize_maps
 from .results import Detection, Recognition
@@ -70,23 +71,6 @@ def _resolve_target_dist(predictor, target_dist) -> TargetDistribution:
         td = TargetDistribution.coerce(own) if own else None
         return td or TargetDistribution.official_v1()
     return TargetDistribution.coerce(target_dist) or TargetDistribution.official_v1()
-
-
-def _check_prompts(prompts) -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if prompts is None:
-        raise ValueError("no prompts given: pass a list of text prompts, e.g. ['neoplastic cells']")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError(
-            "the prompt list is empty: pass at least one text prompt, e.g. ['neoplastic cells'] "
-            "(or use recognize() to run every target of the modality)"
-        )
-    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
-    if bad:
-        raise ValueError(f"prompts must be non-empty strings; got {bad!r}")
-    return prompts
 
 
 def _is_dask(image) -> bool:
@@ -235,7 +219,7 @@ def segment(
         float32 (P, H, W) probabilities in [0, 1]; (P, Z, H, W) for a stack (a dask array,
         computed slice by slice on demand, if the input is a dask array).
     """
-    prompts = _check_prompts(prompts)
+    prompts = parse_prompts(prompts)
     it = normalize_modality(modality, site)
     image, lazy = _prepare(image, channel_axis)
     if not _is_stack(tuple(image.shape), channels, is_3d):
@@ -384,7 +368,7 @@ def detect(
     Returns:
         :class:`~.results.Detection`.
     """
-    prompts = _check_prompts(prompts)
+    prompts = parse_prompts(prompts)
     it = normalize_modality(modality, site)
     td = _resolve_target_dist(predictor, target_dist)
     kw = _split_kwargs(min_size, min_distance, split_params)
@@ -557,7 +541,7 @@ def recognize(
     it = normalize_modality(modality, site)
     if targets is None:
         targets = targets_for(it, model=_model(predictor))
-    targets = _check_prompts(targets)
+    targets = parse_prompts(targets, what="target")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     td = _resolve_target_dist(predictor, target_dist)

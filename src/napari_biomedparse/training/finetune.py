@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_biomedparse.inference.devices import resolve_device
+
 from .augment import AugmentConfig
 from .data import AnnotatedImage, TileSampler, as_annotated
 from .losses import LossWeights, grounded_mask_loss
@@ -73,20 +75,6 @@ class FinetuneResult:
 
 # ----------------------------------------------------------------------------------------------
 # model access
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """ "auto"/None -> cuda if available, else mps, else cpu."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu.")
-    return d
 
 
 def resolve_model(model) -> torch.nn.Module:
