@@ -262,11 +262,9 @@ def segment_layer(
     ``"none"``). ``region`` = ``(pixels, scale, translate)``
     overrides the image (the widget's "current view").
     """
-    if isinstance(prompts, str):
-        prompts = [p.strip() for p in prompts.replace(";", ",").split(",")]
-    prompts = [p for p in (str(p).strip() for p in prompts) if p]
-    if not prompts:
-        raise ValueError("no prompt: type at least one target (e.g. 'neoplastic cells').")
+    from napari_biomedparse.inference.prompts import parse_prompts
+
+    prompts = parse_prompts(prompts)
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     inp = as_image_input(image, name=name)

@@ -47,29 +47,11 @@ class ModelSpec:
         return self.source
 
 
-def _dtype(precision: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        precision
-    ]
-
-
 def check_device(device: str) -> None:
     """Raise a clear error when the chosen device does not exist on this machine."""
-    import torch
+    from napari_biomedparse.inference.devices import resolve_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "CUDA is not available here (no NVIDIA GPU, or PyTorch built without CUDA); "
-            "choose device 'auto' or 'cpu' in the Model widget"
-        )
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise RuntimeError(
-            "Apple MPS is not available here; choose device 'auto' or 'cpu' in the Model widget"
-        )
+    resolve_device(device)
 
 
 def load_predictor(spec: ModelSpec, progress=None):
@@ -78,6 +60,7 @@ def load_predictor(spec: ModelSpec, progress=None):
     check_device(spec.device)
 
     from napari_biomedparse.hub import load_model
+    from napari_biomedparse.inference.devices import resolve_dtype
     from napari_biomedparse.inference.predictor import Predictor
 
     if progress is not None:
@@ -97,7 +80,7 @@ def load_predictor(spec: ModelSpec, progress=None):
     model = load_model(arg, **kwargs)
     if progress is not None:
         progress(1, 2, f"moving model to {spec.device}")
-    dtype = None if spec.precision == "float32" else _dtype(spec.precision)
+    dtype = resolve_dtype(spec.precision)  # None = float32
     pred = Predictor(model, device=spec.device, dtype=dtype)
     if progress is not None:
         progress(2, 2, "model ready")

@@ -58,7 +58,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise InvalidInputError(
                 f"device {str(device)!r} asked for, but this PyTorch build or machine has no "
-                "usable CUDA GPU: use --device cpu (or auto), or install a CUDA build of PyTorch"
+                "usable CUDA GPU: use the device cpu or auto (--device cpu), or install a CUDA build of "
+                "PyTorch"
             )
         n = torch.cuda.device_count()
         if d.index is not None and d.index >= n:
@@ -70,7 +71,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if not _mps_available():
             raise InvalidInputError(
                 f"device {str(device)!r} asked for, but Apple's MPS is not available here: "
-                "use --device cpu (or auto)"
+                "use the device cpu or auto (--device cpu)"
             )
     elif d.type != "cpu":
         raise InvalidInputError(

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 from napari_biomedparse.errors import InvalidInputError
 
+from .validate import check_prompt_text
+
 __all__ = ["parse_prompts", "split_prompts"]
 
 _SEP = re.compile(r"[,;\n]")
@@ -60,13 +62,7 @@ def parse_prompts(
                 f"{what}s must be non-empty strings, got {item!r} ({type(item).__name__})"
             )
         for p in [item.strip()] if strict else split_prompts(item):
-            try:
-                p.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidInputError(
-                    f"the {what} {p!r} holds characters that are not valid text (a lone "
-                    "surrogate?): retype it"
-                ) from None
+            check_prompt_text(p)
             key = " ".join(p.lower().split())
             if strict or key not in seen:
                 seen.add(key)

@@ -20,7 +20,6 @@ import numpy as np
 
 from napari_biomedparse.inference.validate import (
     check_mpp,
-    check_prompt_text,
     check_tile_read,
     check_work,
 )
@@ -68,15 +67,12 @@ def resolve_geometry(modality, mpp, tile_size, overlap, image_mpp):
 
 
 def resolve_prompts(prompts, modality: str, predictor) -> list[str]:
-    """``prompts`` cleaned (a string = one prompt), or with None every target of
-    ``modality`` the model knows."""
+    """``prompts`` cleaned (:func:`~napari_biomedparse.inference.prompts.parse_prompts`), or
+    with None every target of ``modality`` the model knows."""
     if prompts is not None:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = [check_prompt_text(str(p)).strip() for p in prompts if str(p).strip()]
-        if not prompts:
-            raise ValueError("prompts is empty; give at least one text prompt or prompts=None")
-        return prompts
+        from napari_biomedparse.inference.prompts import parse_prompts
+
+        return parse_prompts(prompts)
     from napari_biomedparse.inference.modalities import targets_for
 
     model = getattr(predictor, "model", None)

@@ -14,6 +14,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_warning
 
 from napari_biomedparse.inference.modalities import MODALITIES
+from napari_biomedparse.inference.prompts import split_prompts
 
 from .. import _functions as F
 from .._runner import RunControls
@@ -125,7 +126,7 @@ class SegmentWidget(ModalitySiteForm, Container):
         target = self.vocabulary.value
         if not target:
             return
-        current = [p.strip() for p in self.prompts.value.split(",") if p.strip()]
+        current = split_prompts(self.prompts.value)
         if target not in current:
             current.append(target)
         self.prompts.value = ", ".join(current)
@@ -136,7 +137,7 @@ class SegmentWidget(ModalitySiteForm, Container):
 
     @property
     def prompt_list(self) -> list[str]:
-        return [p.strip() for p in self.prompts.value.replace(";", ",").split(",") if p.strip()]
+        return split_prompts(self.prompts.value)
 
     # -- running
     def start(self, *_):

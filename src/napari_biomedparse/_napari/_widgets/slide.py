@@ -21,6 +21,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_warning
 
 from napari_biomedparse.inference.modalities import MODALITIES
+from napari_biomedparse.inference.prompts import split_prompts
 
 from .. import _functions as F
 from .._runner import RunControls
@@ -152,7 +153,7 @@ class SlideWidget(Container):
             return None
         prompts = None
         if self.task.value == PROMPTS:
-            prompts = [p.strip() for p in self.prompts.value.split(",") if p.strip()]
+            prompts = split_prompts(self.prompts.value)
             if not prompts:
                 show_warning(
                     "Slide processing: type at least one prompt, or choose 'recognize all'."
