@@ -1,17 +1,55 @@
-"""Block-wise instance labelling of a blended map equals labelling it whole."""
+"""Block-wise instance labelling of a blended map equals labelling it whole.
+
+The block-wise result is made by the production path: the instance and painting stages'
+units (slide/stages.py) run by the local executor against a zarr store.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from napari_biomedparse.slide import stages
 from napari_biomedparse.slide.blockwise import (
-    label_blockwise,
+    BlockLayout,
+    BlockRecord,
     label_window,
     outline,
     split_labeller,
 )
+from napari_biomedparse.slide.executors import LocalExecutor
 from napari_biomedparse.slide.stitching import class_map
+
+
+def label_blockwise(store, classes, probs, *, n_classes, block, halo, max_halo=1024,
+                    split_radius=None):  # fmt: skip
+    """Labels (H, W) and block records of ``classes`` through the engine's stages."""
+    import zarr
+
+    H, W = classes.shape
+    g = zarr.open_group(str(store), mode="w")
+    if probs is None:
+        probs = np.zeros((n_classes, H, W), np.uint8)
+    for name, a in (("classes/0", classes), ("probs/0", probs)):
+        arr = g.create_array(name, shape=a.shape, chunks=a.shape, dtype=a.dtype, fill_value=0)
+        arr[...] = a
+    g.create_array("labels/0", shape=(H, W), chunks=(block, block), dtype="int32", fill_value=0)
+    (store / "blocks").mkdir()
+    layout = BlockLayout((H, W), block)
+    ex = LocalExecutor()
+    units = [
+        stages.LabelUnit(str(store), layout, b, n_classes, halo, max_halo, 1, split_radius)
+        for b in range(layout.n_blocks)
+    ]
+    ex.map(stages.label_task, units, label="instances", threads=2)
+    counts, boxes, offsets, _ = stages.block_summary(store, layout.n_blocks)
+    paint = stages.paint_units(store, layout, counts, boxes, offsets)
+    ex.map(stages.paint_task, paint, label="labels")
+    recs = []
+    for b in range(layout.n_blocks):
+        with np.load(stages.block_file(store, b)) as a:
+            recs.append(BlockRecord.from_arrays(a))
+    return np.asarray(g["labels/0"][...]), recs, offsets
 
 
 def _synthetic_probs(shape=(700, 900), block=256, seed=0):
@@ -56,11 +94,13 @@ def _match(a, b):
 
 
 @pytest.mark.parametrize("block,halo", [(256, 32), (128, 16), (300, 64)])
-def test_blockwise_equals_whole(block, halo):
+def test_blockwise_equals_whole(block, halo, tmp_path):
     probs = _synthetic_probs(block=block)
     classes = class_map(probs)
     whole = label_window(classes, probs, 3)
-    blocks, recs, _ = label_blockwise(classes, probs, n_classes=3, block=block, halo=halo)
+    blocks, recs, _ = label_blockwise(
+        tmp_path / "s.zarr", classes, probs, n_classes=3, block=block, halo=halo
+    )
     ious, n_whole, n_blocks = _match(whole, blocks)
     assert n_whole == n_blocks > 60
     assert (ious >= 0.99).all()
@@ -77,13 +117,15 @@ def test_blockwise_equals_whole(block, halo):
         assert (blocks[s - 1] > 0)[(blocks[s - 1] == blocks[s])].any()
 
 
-def test_blockwise_with_split_instances_equals_whole():
+def test_blockwise_with_split_instances_equals_whole(tmp_path):
     """Touching nuclei split by watershed (fixed radius): same objects block-wise."""
     probs = _synthetic_probs(shape=(400, 520), block=128, seed=3)
     classes = class_map(probs)
     lab = split_labeller(radius=6.0)
     whole = label_window(classes, probs, 3, lab)
-    blocks, _, _ = label_blockwise(classes, probs, n_classes=3, block=128, halo=48, labeller=lab)
+    blocks, _, _ = label_blockwise(
+        tmp_path / "s.zarr", classes, probs, n_classes=3, block=128, halo=48, split_radius=6.0
+    )
     ious, n_whole, n_blocks = _match(whole, blocks)
     assert n_whole == n_blocks
     assert n_whole > label_window(classes, probs, 3).max()  # it did split touching objects
@@ -92,10 +134,12 @@ def test_blockwise_with_split_instances_equals_whole():
     assert (ious >= 0.99).mean() >= 0.99 and ious.min() >= 0.97
 
 
-def test_objects_larger_than_max_halo_are_reported():
+def test_objects_larger_than_max_halo_are_reported(tmp_path):
     classes = np.zeros((64, 600), np.uint8)
     classes[10:20, 5:595] = 1  # longer than block + 2 * max_halo
-    labels, recs, _ = label_blockwise(classes, None, n_classes=1, block=64, halo=8, max_halo=64)
+    labels, recs, _ = label_blockwise(
+        tmp_path / "s.zarr", classes, None, n_classes=1, block=64, halo=8, max_halo=64
+    )
     assert sum(r.n_cut for r in recs) >= 1
 
 

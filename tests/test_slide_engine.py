@@ -292,7 +292,9 @@ def test_cancel_then_resume_is_identical_and_parameters_guarded(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         _quick(CMU, out)
     res2 = _quick(CMU, out, overwrite=True, prompts=["nuclei", "other"])
-    assert res2.class_names == ["nuclei", "other"] and res2.path == out
+    # the class-agnostic "nuclei" beside a class target names the unclaimed nuclei
+    assert res2.class_names == ["unclassified nuclei", "other"] and res2.path == out
+    assert res2.params["prompts"] == ["nuclei", "other"]
 
 
 def test_cancel_in_later_stages_then_resume_is_identical(tmp_path, monkeypatch):

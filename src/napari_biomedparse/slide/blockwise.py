@@ -25,7 +25,6 @@ its own block, so blocks can be processed by several processes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,7 +39,6 @@ __all__ = [
     "label_window",
     "label_block",
     "paint_block",
-    "label_blockwise",
     "outline",
     "TABLE_COLUMNS",
 ]
@@ -333,60 +331,3 @@ def paint_block(
             offsets[nb]
         )
     return out
-
-
-def record_box(rec: BlockRecord) -> tuple[int, int, int, int]:
-    oy, ox = rec.origin
-    return oy, ox, oy + rec.crop.shape[0], ox + rec.crop.shape[1]
-
-
-def label_blockwise(
-    classes: np.ndarray,
-    probs: np.ndarray | None = None,
-    *,
-    n_classes: int | None = None,
-    block: int = 256,
-    halo: int = 64,
-    max_halo: int = 1024,
-    min_area: int = 1,
-    labeller: Callable = components,
-) -> tuple[np.ndarray, list[BlockRecord], np.ndarray]:
-    """In-memory block-wise labelling of a whole class map ``(H, W)`` (for tests and small
-    images; the engine runs the same steps against the zarr store).
-
-    Returns ``(labels (H, W) int32, records, offsets)``.
-    """
-    if n_classes is None:
-        n_classes = int(classes.max()) if classes.size else 0
-    layout = BlockLayout(tuple(classes.shape), block)
-    recs = [
-        label_block(
-            classes,
-            probs,
-            layout,
-            b,
-            n_classes=n_classes,
-            halo=halo,
-            max_halo=max_halo,
-            min_area=min_area,
-            labeller=labeller,
-            with_outlines=False,
-        )
-        for b in range(layout.n_blocks)
-    ]
-    offsets = np.concatenate([[0], np.cumsum([r.n for r in recs])[:-1]]).astype(np.int64)
-    boxes = [record_box(r) for r in recs]
-    out = np.zeros(classes.shape, np.int32)
-    for b in range(layout.n_blocks):
-        cy0, cx0, cy1, cx1 = layout.core(b)
-        near = {
-            nb: recs[nb]
-            for nb, (y0, x0, y1, x1) in enumerate(boxes)
-            if recs[nb].n and y0 < cy1 and y1 > cy0 and x0 < cx1 and x1 > cx0
-        }
-        out[cy0:cy1, cx0:cx1] = paint_block(layout, b, near, offsets)
-    return out, recs, offsets
-
-
-def ring_radius(halo: int, block: int) -> int:
-    return int(math.ceil(halo / block))

@@ -21,6 +21,9 @@ Writes cannot race: every unit writes only its own chunks (:mod:`.stages`) and z
 store writes a chunk to a temporary file and renames it; a unit run twice (its first worker
 died after writing) writes identical bytes. The store (on a file system every worker sees,
 checked by :func:`check_visible`) is the shared resumable record.
+
+(About 470 lines: the executor, the worker side of a unit and the model plugin belong
+together -- they are the whole of what runs on the cluster.)
 """
 
 from __future__ import annotations

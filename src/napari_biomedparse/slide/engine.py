@@ -31,8 +31,8 @@ import numpy as np
 from napari_biomedparse.errors import BiomedParseError, ResultExistsError
 from napari_biomedparse.inference.loading import load_predictor, model_fingerprint
 
+from . import finalise, stages
 from . import plan as _plan
-from . import stages
 from .executors import LocalExecutor
 from .lock import hold_output_lock
 from .naming import guard_output, output_paths
@@ -81,7 +81,7 @@ class _Progress:
 
     def advance(self, size):
         self.base += size
-        stages.trim_memory()
+        finalise.trim_memory()
 
 
 def _require(group, name, shape, chunks, dtype):
@@ -240,12 +240,12 @@ def process_slide(
         paint = stages.paint_units(store, plan.layout, counts, boxes, offsets)
         executor.map(stages.paint_task, paint, label="labels", **run)
         prog.advance(nb)
-        n_levels = stages.build_pyramid(group, "labels", "int32", C)
-        stages.build_pyramid(group, "classes", "uint8", C)
+        n_levels = finalise.build_pyramid(group, "labels", "int32", C)
+        finalise.build_pyramid(group, "classes", "uint8", C)
 
     if not keep_tiles:  # raw tile outputs are only needed until blending is done
         shutil.rmtree(store / "tiles" / "probs", ignore_errors=True)
-    per_class = stages.write_tables(store, nb, offsets, grid, plan.prompts, plan.recognize)
+    per_class = finalise.write_tables(store, nb, offsets, grid, plan.prompts, plan.recognize)
     meta = read_meta(group)
     meta["status"] = "complete"
     meta["summary"] = {
@@ -314,12 +314,6 @@ def slide_task(unit: SlideUnit, env):
             raise
         return exc
     return str(res.path)
-
-
-def output_path(source, out_dir) -> Path:
-    """``out_dir/<name>.biomedparse.zarr`` (next to the slide when ``out_dir`` is None)."""
-    p = Path(str(source))
-    return (Path(out_dir) if out_dir is not None else p.parent) / f"{p.name}.biomedparse.zarr"
 
 
 def process_slides(
