@@ -18,16 +18,39 @@ _SUBCOMMAND_MODULES = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every optional option's help shows its default: appended as ``(default: ...)``, or, where the
+    help explains what an unset option means as ``(None: ...)``, as ``(default: None =
+    ...)``."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required:  # nothing to default to
+            return text
+        if action.default is None and "(None: " in text:
+            return text.replace("(None: ", "(default: None = ")
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: :class:`HelpFormatter` unless told otherwise."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from napari_biomedparse import __version__
 
     parser = argparse.ArgumentParser(
         prog="napari-biomedparse",
         description="Text-prompted biomedical segmentation, detection and recognition "
-        "(BiomedParse) on images and whole slides.",
+        "(BiomedParse) on images and whole slides. --out is always the output folder.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _register_demo(subparsers)
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -44,7 +67,7 @@ def _register_demo(subparsers) -> None:
         "objects found per class. Equivalent to `napari-biomedparse slide <sample> -o OUT "
         "--geojson --csv`.",
     )
-    p.add_argument("--out", default="biomedparse-demo", help="output folder")
+    p.add_argument("-o", "--out", default="biomedparse-demo", metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--overwrite", action="store_true", help="redo a finished demo run")
     p.set_defaults(func=_demo)

@@ -3,12 +3,13 @@
 ::
 
     napari-biomedparse segment IMAGE --prompt "neoplastic cells" --prompt "inflammatory cells" \\
-        --modality pathology --out probs.tif [--table detections.csv]
+        --modality pathology --out DIR [--table]
     napari-biomedparse recognize IMAGE --modality pathology --out DIR [--mpp 0.25]
 
-``segment`` writes float32 probabilities (P, H, W) (``.npy`` or ``.tif``) and, with
-``--table``, the detection table (one row per instance) and prints the existence p-value of every
-prompt. ``recognize`` writes ``DIR/labels.tif`` (instance ids), ``DIR/classes.tif`` (class map),
+``segment`` writes float32 probabilities (P, H, W) to ``DIR/probabilities.tif`` and, with
+``--table``, the detection table (one row per instance) to ``DIR/table.csv``, and prints the
+existence p-value of every prompt. ``recognize`` writes ``DIR/labels.tif`` (instance ids),
+``DIR/classes.tif`` (class map),
 ``DIR/table.csv`` (one row per object) and ``DIR/classes.csv`` (class id, name, p-value, kept).
 Images: TIFF (tifffile), ``.npy``, or any format Pillow reads (PNG, JPEG...).
 """
@@ -104,17 +105,28 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="pathology, CT, MRI, X-Ray, ultrasound, endoscopy, fundus, dermoscopy, OCT, "
         "fluorescence, brightfield, or an official image type such as CT-Abdomen",
     )
-    p.add_argument("--site", default=None, help="anatomical site (CT: abdomen, lung, liver...)")
-    p.add_argument("--channels", default=None, help="channels to use, e.g. 0 or 0,1,2")
-    p.add_argument("--channel-axis", type=int, default=None, help="channel axis if not last")
+    p.add_argument(
+        "--site", default=None, help="anatomical site (CT: abdomen, lung, liver...) (None: no site)"
+    )
+    p.add_argument(
+        "--channels", default=None, help="channels to use, e.g. 0 or 0,1,2 (None: the preset's)"
+    )
+    p.add_argument(
+        "--channel-axis", type=int, default=None, help="channel axis (None: the last one)"
+    )
     p.add_argument("--model", default="default", help="'default', 'biomedparse-v1' or a path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--mpp", type=float, default=None, help="pixel size in microns")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="pixel size of the image in microns (None: unknown, no rescaling)",
+    )
     p.add_argument(
         "--p-threshold",
         type=float,
         default=0.05,
-        help="existence p-value threshold (official 0.05; 0 disables)",
+        help="existence p-value threshold (official; 0 disables the test)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -130,8 +142,21 @@ def register(subparsers) -> None:
     p.add_argument(
         "--prompt", action="append", required=True, help="text prompt (repeat for several)"
     )
-    p.add_argument("--out", required=True, help="output probabilities (.npy, .tif)")
-    p.add_argument("--table", default=None, help="also write the detection table (CSV)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: DIR/probabilities.tif (float32, P x H x W) and, with --table, "
+        "DIR/table.csv (a path ending in .npy/.tif/.tiff is used as the probabilities file)",
+    )
+    p.add_argument(
+        "--table",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CSV",
+        help="also write the detection table (one row per object): DIR/table.csv, or CSV",
+    )
     p.set_defaults(func=run_segment)
 
     r = subparsers.add_parser(
@@ -141,20 +166,42 @@ def register(subparsers) -> None:
         "labels.tif, classes.tif, table.csv and classes.csv into --out.",
     )
     _common(r)
-    r.add_argument("--targets", default=None, help="comma-separated targets (default: all)")
-    r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--min-size", type=int, default=None, help="smallest object in pixels")
+    r.add_argument(
+        "--targets", default=None, help="comma-separated targets (None: all of the modality)"
+    )
+    r.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: DIR/labels.tif, classes.tif, table.csv, classes.csv",
+    )
+    r.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        help="smallest object in pixels (None: size-aware default)",
+    )
     r.set_defaults(func=run_recognize)
+
+
+def _segment_outputs(out: str, table) -> tuple[Path, Path | None]:
+    """``--out DIR`` -> (DIR/probabilities.tif, DIR/table.csv or the given CSV or None); an
+    ``--out`` ending in .npy/.tif/.tiff is the probabilities file itself (its folder holds
+    table.csv)."""
+    path = Path(out)
+    if path.suffix.lower() not in (".npy", ".tif", ".tiff"):
+        path = path / "probabilities.tif"
+    if table is True:
+        return path, path.parent / "table.csv"
+    return path, (Path(table) if table else None)
 
 
 def run_segment(args) -> int:
     from .tasks import detect
 
     image = read_image(args.image)
-    out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".tif", ".tiff"):
-        raise ValueError(f"--out must end in .npy, .tif or .tiff; got {args.out!r}")
-    for path in [out] + ([Path(args.table)] if args.table else []):
+    out, table = _segment_outputs(args.out, args.table)
+    for path in [out] + ([table] if table else []):
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     pred = _predictor(args)
@@ -170,8 +217,8 @@ def run_segment(args) -> int:
         mpp=args.mpp,
     )
     _write_array(out, np.asarray(det.probs, dtype=np.float32), args.overwrite)
-    if args.table:
-        _write_csv(Path(args.table), det.table, args.overwrite)
+    if table:
+        _write_csv(table, det.table, args.overwrite)
     summary = det.summary()
     print(summary.to_string(index=False))
     print(f"wrote {out} {tuple(det.probs.shape)} float32")

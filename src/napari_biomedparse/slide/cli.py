@@ -74,34 +74,73 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "slide",
         help="recognise / segment whole-slide images tile by tile (resumable)",
-        description=__doc__.split("\n\n")[0],
+        description="Process whole-slide images tile by tile with BiomedParse: every "
+        "object of every target of the modality (or the given prompts), resumable. Each slide "
+        "goes to OUT/<slide name>.biomedparse.zarr (plus the exports next to it); an "
+        "unfinished run resumes, a finished one is skipped unless --overwrite. Exit code 0 "
+        "when every slide succeeded, 1 otherwise.",
     )
     p.add_argument("slides", nargs="+", help="slide files, globs or folders")
     p.add_argument(
-        "-o", "--out-dir", default=None, help="output folder (default: next to each slide)"
+        "-o",
+        "--out",
+        dest="out_dir",
+        default=None,
+        metavar="DIR",
+        help="output folder (None: next to each slide)",
     )
-    p.add_argument("--model", default="default", help="model name or checkpoint path")
+    p.add_argument("--out-dir", dest="out_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--model", default="default", help="'default', 'biomedparse-v1' or a checkpoint path"
+    )
     p.add_argument(
         "--prompts",
         nargs="+",
         default=None,
-        help="text prompts (default: every target of the modality)",
+        help="text prompts (None: every target of the modality)",
     )
-    p.add_argument("--modality", default="pathology")
+    p.add_argument(
+        "--modality", default="pathology", help="pathology, fluorescence, brightfield, ..."
+    )
     p.add_argument(
         "--no-recognize", action="store_true", help="probability maps only (no instances / table)"
     )
-    p.add_argument("--mpp", type=float, default=None, help="target microns per pixel")
-    p.add_argument("--tile-size", type=int, default=None, help="tile edge in target pixels")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in target pixels")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="microns per pixel to process at (None: the modality's, 0.5 for pathology)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="tile edge in processing pixels (None: the modality's, 256 for pathology)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in processing pixels (None: the modality's, 32 for pathology)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per model call (None: 16 on CUDA, 4 otherwise)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--instances", choices=("split", "components"), default="split")
+    p.add_argument(
+        "--instances",
+        choices=("split", "components"),
+        default="split",
+        help="split touching objects (watershed) or keep connected components",
+    )
     p.add_argument(
         "--slide-mpp",
         type=float,
         default=None,
-        help="level-0 microns per pixel for slides whose file has none",
+        help="level-0 microns per pixel for slides whose file has none (None: from the file)",
     )
     p.add_argument("--no-tissue-mask", action="store_true", help="process background tiles too")
     p.add_argument(
@@ -115,7 +154,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="refuse to continue an unfinished run (use with --overwrite to restart)",
     )
     p.add_argument("--geojson", action="store_true", help="also write <out>.geojson (QuPath)")
-    p.add_argument("--object-type", choices=("detection", "cell"), default="detection")
+    p.add_argument(
+        "--object-type",
+        choices=("detection", "cell"),
+        default="detection",
+        help="QuPath object type of the GeoJSON features",
+    )
     p.add_argument("--csv", action="store_true", help="also write <out>.csv")
     p.add_argument("--parquet", action="store_true", help="also write <out>.parquet")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,14 +179,15 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--scheduler",
         default=None,
         metavar="ADDRESS",
-        help="dask scheduler (tcp://host:8786): tiles go to its workers",
+        help="dask scheduler (tcp://host:8786): tiles go to its workers (None: this process)",
     )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
         metavar="N",
-        help="local dask cluster of N worker processes (one per GPU); see docs/distributed.md",
+        help="local dask cluster of N worker processes, one per GPU, see docs/distributed.md "
+        "(None: this process)",
     )
     p.set_defaults(func=run)
     return p

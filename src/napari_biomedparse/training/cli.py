@@ -16,30 +16,46 @@ def register(subparsers) -> argparse.ArgumentParser:
         "load_model(path) and every command accept.",
     )
     p.add_argument("data", help="training folder (images/, labels/, dataset.json)")
-    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--val", default=None, help="held-out folder of the same layout")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: the checkpoint is written as DIR/<name>.safetensors (a path "
+        "ending in .safetensors is used as the file itself)",
+    )
+    p.add_argument(
+        "--val", default=None, help="held-out folder of the same layout (None: no validation)"
+    )
     p.add_argument(
         "--model",
         default="default",
         help="start from: 'default', 'biomedparse-v1', a checkpoint path, or random init of "
         "a configuration: 'scratch:tiny', 'scratch:default' (the default model's)",
     )
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=500, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per step")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW)")
     p.add_argument(
         "--freeze",
         default="text_encoder",
         help="comma-separated groups kept fixed: backbone, pixel_decoder, text_encoder, "
-        "decoder, or 'none' (default: text_encoder)",
+        "decoder, or 'none'",
     )
-    p.add_argument("--tile-size", type=int, default=None, help="default: the model's input size")
+    p.add_argument(
+        "--tile-size", type=int, default=None, help="training tile edge (None: the model's input)"
+    )
     p.add_argument("--no-augment", action="store_true", help="disable augmentations")
-    p.add_argument("--val-every", type=int, default=0)
+    p.add_argument(
+        "--val-every", type=int, default=0, help="validate every N steps (0: at the end only)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default="napari-biomedparse-finetuned")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed (tiles, augmentations)")
+    p.add_argument(
+        "--name",
+        default="napari-biomedparse-finetuned",
+        help="model name (stored in the checkpoint; the file name under --out DIR)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=run)
     return p
 
@@ -61,6 +77,14 @@ def _start_model(spec: str):
     return spec
 
 
+def _checkpoint_path(out: str, name: str) -> str:
+    """``--out`` is a folder (``DIR/<name>.safetensors``), or the file itself."""
+    from pathlib import Path
+
+    path = Path(out)
+    return str(path if path.suffix.lower() == ".safetensors" else path / f"{name}.safetensors")
+
+
 def run(args) -> int:
     from .finetune import finetune
 
@@ -80,7 +104,7 @@ def run(args) -> int:
         val_every=args.val_every,
         device=args.device,
         seed=args.seed,
-        out=args.out,
+        out=_checkpoint_path(args.out, args.name),
         name=args.name,
         overwrite=args.overwrite,
         progress=progress,
