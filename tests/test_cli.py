@@ -46,3 +46,31 @@ def test_missing_slide_is_a_clear_error(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "demo" in capsys.readouterr().out
+
+
+def test_every_option_has_help_with_its_default_and_out_is_a_folder():
+    import argparse
+
+    from napari_biomedparse.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "--out" in text, name  # one spelling everywhere
+        for action in p._actions:
+            if action.help == argparse.SUPPRESS or not action.option_strings:
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help"
+            if action.required or action.dest == "help":
+                continue
+            shown = p._get_formatter()._get_help_string(action)
+            assert "default" in shown, f"{name} {action.option_strings}: no default shown"
+        out = next((a for a in p._actions if "--out" in a.option_strings), None)
+        assert out is not None and out.metavar == "DIR", name
+    assert '"""' not in sub.choices["slide"].description
+    assert "``" not in sub.choices["slide"].format_help()  # no raw docstring
+    # the old spelling still works
+    args = parser.parse_args(["slide", "a.svs", "--out-dir", "x"])
+    assert args.out_dir == "x"
+    assert parser.parse_args(["slide", "a.svs", "-o", "y"]).out_dir == "y"
