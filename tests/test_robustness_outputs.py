@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import napari_biomedparse.slide.engine as engine
+import napari_biomedparse.inference.loading as loading
 from napari_biomedparse.cli import main
 from napari_biomedparse.errors import (
     OutputConflictError,
@@ -51,7 +51,7 @@ def _quick(src, out, **kw):
 
 @pytest.fixture
 def stain(monkeypatch):
-    monkeypatch.setattr(engine, "resolve_predictor", lambda model, device=None: StainPredictor(128))
+    monkeypatch.setattr(loading, "load_predictor", lambda m, device=None, **kw: StainPredictor(128))
 
 
 def _tiff(path, seed, shape=(700, 700)):

@@ -49,13 +49,16 @@ def expand_sources(items: list[str]) -> list[Path]:
             if not found:
                 raise FileNotFoundError(f"no slide files ({', '.join(READABLE_SUFFIXES)}) in {p}")
             out.extend(found)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a broken link / loop fails alone, later
             out.append(p)
         else:
             raise FileNotFoundError(f"no such slide: {item}")
     seen, uniq = set(), []
     for p in out:
-        key = p.resolve()
+        try:
+            key = p.resolve()
+        except (OSError, RuntimeError):  # a loop of symbolic links
+            key = p.absolute()
         if key not in seen:
             seen.add(key)
             uniq.append(p)
@@ -212,6 +215,13 @@ def run(args) -> int:
             tile_size=tile,
         )  # fmt: skip
     client = None
+    if args.workers is not None and args.workers < 1:
+        from napari_biomedparse.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"--workers must be at least 1 (got {args.workers}); leave it out to run in "
+            "this process"
+        )
     if args.scheduler or args.workers:
         from .distributed import make_client
 

@@ -36,8 +36,16 @@ __all__ = [
 SUFFIX = ".biomedparse.zarr"
 
 
+def _resolve(p: Path) -> Path:
+    """``p.resolve()``, or the absolute path where resolving fails (a loop of links)."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return p.absolute()
+
+
 def _tag(p: Path) -> str:
-    return hashlib.sha1(str(p.resolve().parent).encode()).hexdigest()[:8]
+    return hashlib.sha1(str(_resolve(p).parent).encode()).hexdigest()[:8]
 
 
 def _tagged(p: Path) -> str:
@@ -79,10 +87,7 @@ def output_paths(slides, out_dir=None) -> dict[Path, Path]:
         if not clash:
             rec = _recorded_path(plain)
             if rec is not None:
-                try:
-                    clash = Path(rec).resolve() != s.resolve()
-                except OSError:
-                    clash = True
+                clash = _resolve(Path(rec)) != _resolve(s)
         res[s] = out_dir / _tagged(s) if clash else plain
     return res
 
@@ -108,8 +113,8 @@ def check_output_location(source, out) -> None:
     source = getattr(source, "path", source)  # a SlideImage: its file
     if source is None or not isinstance(source, (str, os.PathLike)):
         return
-    src = Path(os.fspath(source)).expanduser().resolve()
-    outs = [out.expanduser().resolve()]
+    src = _resolve(Path(os.fspath(source)).expanduser())
+    outs = [_resolve(out.expanduser())]
     outs += [o.with_name(o.name + ext) for o in outs[:1] for ext in (".partial", ".lock")]
     for o in outs:
         if _inside(src, o) or _inside(o, src):

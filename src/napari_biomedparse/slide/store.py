@@ -131,7 +131,7 @@ def prepare_store(
         if not meta and not overwrite:
             raise ResumeMismatch(
                 f"{part} exists but is not a readable run of this program. Remove it or pass "
-                "overwrite=True to start over."
+                "overwrite=True (command line: --overwrite) to start over."
             )
         if meta and resume and not overwrite:
             diffs = _differences(meta.get("params", {}), params)
@@ -146,7 +146,8 @@ def prepare_store(
         if meta and not resume and not overwrite:
             raise FileExistsError(
                 f"an unfinished run exists in {part}. Pass resume=True to continue it or "
-                "overwrite=True to start over."
+                "overwrite=True to start over (command line: leave out --no-resume to "
+                "continue it, or add --overwrite to start over)."
             )
         shutil.rmtree(part)
     out.parent.mkdir(parents=True, exist_ok=True)
