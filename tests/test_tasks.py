@@ -399,3 +399,105 @@ def test_tiny_model_detect_and_recognize_end_to_end(tiny, hne):
     )
     np.testing.assert_allclose(rec2.probs, unpad(coupled, info), atol=1e-5)
     assert np.abs(rec2.probs[:3] - rec.probs[:3]).max() > 1e-3  # coupling changes the maps
+
+
+# ------------------------------------------------------------------ strategy, progress, cancel
+def test_predictor_methods_have_the_task_signatures():
+    import inspect
+
+    from napari_biomedparse.inference import tasks
+    from napari_biomedparse.inference.predictor import Predictor
+
+    for name in ("segment", "detect", "recognize"):
+        ours = inspect.signature(getattr(Predictor, name)).parameters
+        theirs = inspect.signature(getattr(tasks, name)).parameters
+        assert list(ours)[1:] == list(theirs)[1:], name
+        assert not any(p.kind is p.VAR_KEYWORD for p in ours.values()), name
+        assert {"progress", "cancel"} <= set(ours)
+
+
+def test_strategy_is_chosen_from_the_model_metadata(bundled_predictor):
+    from napari_biomedparse.inference.tasks import strategy
+
+    assert strategy(StandIn()).mode == "whole" and strategy(StandIn()).input_size == 128
+    st = strategy(bundled_predictor)
+    expected = "tiled" if (bundled_predictor.model.metadata or {}).get("inference") else "whole"
+    assert st.mode == expected
+
+
+class _Counting:
+    """A predictor wrapper counting model calls (predict_batch / predict)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+        self.model, self.input_size = inner.model, inner.input_size
+
+    def predict_batch(self, tiles, prompts, joint=False):
+        self.calls += 1
+        return self.inner.predict_batch(tiles, prompts, joint=joint)
+
+    def predict(self, rgb, prompts, joint=False):
+        self.calls += 1
+        return self.inner.predict(rgb, prompts, joint=joint)
+
+
+def test_tile_progress_and_cancel_within_one_batch(bundled_predictor):
+    import threading
+
+    from napari_biomedparse.inference.progress import Cancelled
+    from napari_biomedparse.inference.tasks import strategy
+
+    pred = _Counting(bundled_predictor)
+    if strategy(pred).mode != "tiled":
+        pytest.skip("the bundled model is not a tiled model")
+    img = np.asarray(Image.open(ROOT / "src" / "napari_biomedparse" / "data" / "hgsc_nest.jpg"))
+    img = np.ascontiguousarray(img[:700, :700])
+    events = []
+    probs = segment(
+        pred, img, ["nuclei"], modality="pathology", progress=lambda *e: events.append(e)
+    )
+    assert probs.shape == (1, 700, 700)
+    done = [d for d, _, _ in events]
+    total = events[-1][1]
+    assert total > 4 and done == sorted(done) and done[-1] == total
+    assert all(m.startswith("tiles ") and t == total for _, t, m in events)
+    assert len(events) == pred.calls  # one report per model call (tile batch)
+    # cancel after the second batch: no third model call, Cancelled raised, nothing returned
+    stop, pred.calls = threading.Event(), 0
+
+    def on_progress(d, t, m):
+        if pred.calls == 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        recognize(pred, img, modality="pathology", progress=on_progress, cancel=stop)
+    assert pred.calls == 2
+    # a callable works as well; a stack names its slices
+    with pytest.raises(Cancelled):
+        segment(pred, img, ["nuclei"], modality="pathology", cancel=lambda: True)
+    events.clear()
+    segment(
+        pred,
+        np.stack([img[:300, :300]] * 2),
+        ["nuclei"],
+        modality="pathology",
+        is_3d=True,
+        progress=lambda *e: events.append(e),
+    )
+    assert events[-1][2].startswith("slice 2/2: tiles")
+
+
+def test_whole_image_progress_and_cancel(hne):
+    from napari_biomedparse.inference.progress import Cancelled
+
+    pred = StandIn()
+    events = []
+    rec = recognize(
+        pred, hne, modality="pathology", batch_size=2, progress=lambda *e: events.append(e)
+    )
+    assert [e[:2] for e in events] == [(1, 2), (2, 2)] and "whole image" in events[-1][2]
+    assert len(rec.class_names) == 4
+    n = len(pred.calls)
+    with pytest.raises(Cancelled):
+        detect(pred, hne, ["neoplastic cells"], modality="pathology", cancel=lambda: True)
+    assert len(pred.calls) == n  # stopped before the model ran

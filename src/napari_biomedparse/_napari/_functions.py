@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+# one cancellation exception for scripts and widgets (the tasks raise it within a tile batch)
+from napari_biomedparse.inference.progress import Cancelled, check_cancel  # noqa: F401
+
 from . import _layers
 from ._layers import LayerDataTuple
 
@@ -31,15 +34,6 @@ OUTPUTS = ("instances", "masks", "probabilities")
 PREVIEW_MAX_SIDE = 2048
 #: Images with a side longer than this (or multiscale) offer "whole image" (the slide engine).
 LARGE_SIDE = 4096
-
-
-class Cancelled(Exception):
-    """The run was cancelled; nothing was produced."""
-
-
-def check_cancel(cancel) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
 
 
 def friendly_error(exc: BaseException) -> str:

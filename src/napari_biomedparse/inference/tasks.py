@@ -25,9 +25,19 @@ How the model is applied depends on what its metadata declares (:mod:`.tiled`):
   gives the image's ``mpp`` (probabilities resized back); the existence test is computed once
   per prompt on the whole image at its native resolution (RGB and probabilities of the input's
   size), not per tile.
+
+The strategy is chosen once per call (:func:`strategy`, a :class:`Strategy`); per image the
+work goes through small dataclasses (``_Maps``, ``_Detected``, ``_Recognized``). Progress and
+cancel reach the tile loop (:mod:`.progress`: ``progress(done, total, message)``, ``cancel`` an
+Event or a callable, :class:`~.progress.Cancelled` within one tile batch).
+
+(Longer than 400 lines on purpose: the three tasks share the strategy, the per-image steps and
+the stack handling, and each public function carries its full argument documentation.)
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,13 +47,14 @@ from .instances import instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .objects import TABLE_COLUMNS, empty_table
 from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
+from .progress import Cancelled, check_cancel, report, with_prefix
 from .prompts import parse_prompts
 from .recognition import class_names as recognition_class_names
 from .recognition import recognize_maps
 from .results import Detection, Recognition
 from .tiled import inference_spec, predict_tiled, rescale_factor, rescale_rgb, resize_probs
 
-__all__ = ["detect", "recognize", "segment"]
+__all__ = ["Cancelled", "Strategy", "detect", "recognize", "segment", "strategy"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -123,57 +134,150 @@ def _prepare(image, channel_axis):
     return as_channels_last(np.asarray(image), channel_axis), False
 
 
-def _run_2d(predictor, image2d, prompts, it, channels, joint):
-    """Preprocess, predict. Returns (rgb (S,S,3) uint8, probs_sq (P,S,S), pad_info)."""
-    rgb, info = preprocess(np.asarray(image2d), it, channels=channels, size=_input_size(predictor))
-    probs_sq = np.asarray(predictor.predict(rgb, prompts, joint=joint), dtype=np.float32)
-    if probs_sq.shape != (len(prompts), *rgb.shape[:2]):
-        raise RuntimeError(
-            f"predictor.predict returned shape {probs_sq.shape}; expected "
-            f"{(len(prompts), *rgb.shape[:2])}"
-        )
-    return rgb, probs_sq, info
+@dataclass(frozen=True)
+class Strategy:
+    """How the model is applied, chosen once per call from its metadata (:mod:`.tiled`).
+
+    ``tiled``: the model's tiled-inference settings (``overlap``, ``mpp``, ...), or None for
+    the official whole-image semantics; ``input_size``: the model input side S.
+    """
+
+    tiled: dict | None
+    input_size: int
+
+    @property
+    def mode(self) -> str:
+        return "whole" if self.tiled is None else "tiled"
 
 
-def _tiled_spec(predictor) -> dict | None:
-    """The model's tiled-inference settings (None: official whole-image semantics)."""
+def strategy(predictor) -> Strategy:
+    """The :class:`Strategy` of ``predictor``'s model (checks it can run that way)."""
     spec = inference_spec(_model(predictor))
     if spec is not None and not hasattr(predictor, "predict_batch"):
         raise TypeError(
             "the model declares tiled inference (metadata['inference']) but the predictor has no "
             "predict_batch(tiles, prompts); use napari_biomedparse.Predictor"
         )
-    return spec
+    return Strategy(spec, _input_size(predictor))
 
 
-def _native_rgb(predictor, image2d, it, channels) -> np.ndarray:
-    """Tiled mode: the intensity part of the preset only, at the image's own size."""
-    arr = np.asarray(image2d)
-    if arr.ndim < 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"the image is empty: an array of shape {arr.shape}")
-    return to_rgb_uint8(arr, it, channels=channels)
+@dataclass
+class _Maps:
+    """Probabilities of one 2-D image: ``rgb`` and ``test_probs`` are what the existence test
+    sees (the preprocessed square for whole-image models, the native image for tiled ones);
+    ``probs`` (P, H, W) float32 is at the input's size."""
+
+    rgb: np.ndarray
+    test_probs: np.ndarray
+    probs: np.ndarray
 
 
-def _tiled_probs(predictor, rgb, prompts, spec, joint, mpp) -> np.ndarray:
+def _whole_batches(predictor, rgb, prompts, joint, batch_size, progress, cancel) -> np.ndarray:
+    """Whole-image model: (P, S, S) for the preprocessed square ``rgb``.
+
+    ``batch_size`` None: all prompts in one ``predict`` call (``joint`` as given; the predictor
+    decodes them from one encoding). Otherwise ``batch_size`` coupled prompts per call, as the
+    official batches of ``interactive_infer_image_all`` (batch 1 = one call per prompt, all
+    from one image encoding when the predictor offers ``encode``/``decode``).
+    """
+    if batch_size is None or batch_size == 1:
+        batches = [(prompts, joint if batch_size is None else False)]
+    else:
+        batches = [(prompts[i : i + batch_size], True) for i in range(0, len(prompts), batch_size)]
+        batches = [(b, j and len(b) > 1) for b, j in batches]
+    enc = None
+    if len(batches) > 1 and hasattr(predictor, "encode") and hasattr(predictor, "decode"):
+        check_cancel(cancel)
+        enc = predictor.encode(rgb)
+    chunks = []
+    for k, (b, j) in enumerate(batches):
+        check_cancel(cancel)
+        if enc is not None:
+            c = predictor.decode(enc, b, joint=j).probabilities(*rgb.shape[:2])
+        else:
+            c = predictor.predict(rgb, b, joint=j)
+        chunks.append(np.asarray(c, dtype=np.float32))
+        report(
+            progress,
+            k + 1,
+            len(batches),
+            f"prompts {sum(len(x) for x, _ in batches[: k + 1])}/{len(prompts)} (whole image)",
+        )
+    out = np.concatenate(chunks, axis=0)
+    if out.shape != (len(prompts), *rgb.shape[:2]):
+        raise RuntimeError(
+            f"predictor.predict returned shape {out.shape}; expected {(len(prompts), *rgb.shape[:2])}"
+        )
+    return out
+
+
+def _tiled_probs(predictor, rgb, prompts, spec, joint, mpp, progress, cancel) -> np.ndarray:
     """Tiled mode: (P, H, W) at ``rgb``'s size; rescaled to the model's mpp and back when the
     image's ``mpp`` is given."""
     f = rescale_factor(mpp, spec["mpp"])
     x = rescale_rgb(rgb, f) if f else rgb
     # tiles of the model input size (what predict_batch takes); the declared tile_size records
     # the training tiles, which may differ (the network is fully convolutional)
-    probs = predict_tiled(predictor, x, prompts, overlap=spec["overlap"], joint=joint)
+    probs = predict_tiled(
+        predictor,
+        x,
+        prompts,
+        overlap=spec["overlap"],
+        joint=joint,
+        progress=progress,
+        cancel=cancel,
+    )
     return resize_probs(probs, rgb.shape[:2]) if f else probs
 
 
-def _predict_2d(predictor, image2d, prompts, it, channels, joint, mpp=None):
-    """(rgb, probs the existence test sees, probs (P, H, W) at the input's size)."""
-    spec = _tiled_spec(predictor)
-    if spec is None:
-        rgb, probs_sq, info = _run_2d(predictor, image2d, prompts, it, channels, joint)
-        return rgb, probs_sq, unpad(probs_sq, info)
-    rgb = _native_rgb(predictor, image2d, it, channels)
-    probs = _tiled_probs(predictor, rgb, prompts, spec, joint, mpp)
-    return rgb, probs, probs
+def _predict_2d(
+    predictor,
+    st: Strategy,
+    image2d,
+    prompts,
+    it,
+    channels,
+    joint,
+    mpp=None,
+    *,
+    batch_size=None,
+    progress=None,
+    cancel=None,
+) -> _Maps:
+    """The probabilities of one 2-D image under strategy ``st``.
+
+    Tiled mode: ``batch_size`` None or 1 runs all prompts in one pass per tile (decoded alone
+    unless ``joint``); larger values run that many coupled prompts per pass.
+    """
+    arr = np.asarray(image2d)
+    if st.tiled is None:
+        rgb, info = preprocess(arr, it, channels=channels, size=st.input_size)
+        sq = _whole_batches(predictor, rgb, prompts, joint, batch_size, progress, cancel)
+        return _Maps(rgb, sq, unpad(sq, info))
+    if arr.ndim < 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"the image is empty: an array of shape {arr.shape}")
+    rgb = to_rgb_uint8(arr, it, channels=channels)
+    if batch_size is None or batch_size == 1:
+        groups = [(prompts, joint)]
+    else:
+        groups = [(prompts[i : i + batch_size], True) for i in range(0, len(prompts), batch_size)]
+    parts = []
+    for g, (b, j) in enumerate(groups):
+        pre = f"prompts {g + 1}/{len(groups)}: " if len(groups) > 1 else ""
+        parts.append(
+            _tiled_probs(
+                predictor,
+                rgb,
+                b,
+                st.tiled,
+                j and len(b) > 1,
+                mpp,
+                with_prefix(progress, pre),
+                cancel,
+            )
+        )
+    probs = np.concatenate(parts, axis=0)
+    return _Maps(rgb, probs, probs)
 
 
 # --------------------------------------------------------------------------- segment
@@ -191,6 +295,8 @@ def segment(
     is_3d: bool | None = None,
     joint: bool = False,
     mpp: float | None = None,
+    progress=None,
+    cancel=None,
 ):
     """Probability map per text prompt, at the input's size.
 
@@ -214,6 +320,11 @@ def segment(
         mpp: the image's pixel size in microns; used only by tiled models that declare their
             own ``mpp`` (the image is rescaled to it and the probabilities back); ignored by
             whole-image models.
+        progress: ``progress(done, total, message)`` after each tile batch (tiled models) or
+            model call (whole-image models); messages name the slice of a stack
+            (:mod:`.progress`).
+        cancel: a ``threading.Event`` or a callable returning True: checked before every tile
+            batch / model call; raises :class:`~.progress.Cancelled` (nothing is returned).
 
     Returns:
         float32 (P, H, W) probabilities in [0, 1]; (P, Z, H, W) for a stack (a dask array,
@@ -221,29 +332,45 @@ def segment(
     """
     prompts = parse_prompts(prompts)
     it = normalize_modality(modality, site)
+    st = strategy(predictor)
     image, lazy = _prepare(image, channel_axis)
     if not _is_stack(tuple(image.shape), channels, is_3d):
-        arr = np.asarray(image)
-        return _predict_2d(predictor, arr, prompts, it, channels, joint, mpp)[2]
-
-    def one(slice2d):
-        return _predict_2d(predictor, np.asarray(slice2d), prompts, it, channels, joint, mpp)[2]
-
+        m = _predict_2d(
+            predictor,
+            st,
+            image,
+            prompts,
+            it,
+            channels,
+            joint,
+            mpp,
+            progress=progress,
+            cancel=cancel,
+        )
+        return m.probs
     z, h, w = image.shape[:3]
+
+    def one(slice2d, i=0):
+        pr = with_prefix(progress, f"slice {i + 1}/{z}: ")
+        m = _predict_2d(
+            predictor, st, slice2d, prompts, it, channels, joint, mpp, progress=pr, cancel=cancel
+        )
+        return m.probs
+
     if lazy:
         import dask
         import dask.array as da
 
         parts = [
             da.from_delayed(
-                dask.delayed(one)(image[i]), shape=(len(prompts), h, w), dtype=np.float32
+                dask.delayed(one)(image[i], i), shape=(len(prompts), h, w), dtype=np.float32
             )
             for i in range(z)
         ]
         return da.stack(parts, axis=1)
     out = np.empty((len(prompts), z, h, w), dtype=np.float32)
     for i in range(z):
-        out[:, i] = one(image[i])
+        out[:, i] = one(image[i], i)
     return out
 
 
@@ -267,22 +394,36 @@ def _instances_per_map(
     return labels, nxt
 
 
+@dataclass
+class _Detected:
+    """Detection of one 2-D image (shapes as :class:`~.results.Detection` without Z)."""
+
+    probs: np.ndarray
+    p_values: np.ndarray
+    present: np.ndarray
+    testable: np.ndarray
+    labels: np.ndarray
+    table: pd.DataFrame
+    next_label: int
+
+
 def _detect_2d(
-    predictor,
-    arr,
-    prompts,
-    it,
-    channels,
-    joint,
-    td,
-    p_threshold,
-    mask_threshold,
-    split_kwargs,
-    mpp,
-    start=0,
-):
-    rgb, probs_sq, probs = _predict_2d(predictor, arr, prompts, it, channels, joint, mpp)
-    pv = existence_p_values(rgb, probs_sq, it, prompts, td)
+    predictor, st, arr, prompts, it, channels, opts: dict, start=0, progress=None, cancel=None
+) -> _Detected:
+    m = _predict_2d(
+        predictor,
+        st,
+        arr,
+        prompts,
+        it,
+        channels,
+        opts["joint"],
+        opts["mpp"],
+        progress=progress,
+        cancel=cancel,
+    )
+    probs, mask_threshold, p_threshold = m.probs, opts["mask_threshold"], opts["p_threshold"]
+    pv = existence_p_values(m.rgb, m.test_probs, it, prompts, opts["td"])
     testable = ~np.isnan(pv)
     nonempty = (probs > mask_threshold).reshape(len(prompts), -1).any(1)
     if p_threshold:
@@ -290,7 +431,7 @@ def _detect_2d(
     else:
         passes = np.ones(len(prompts), dtype=bool)
     present = passes & nonempty
-    labels, nxt = _instances_per_map(probs, present, mask_threshold, split_kwargs, start)
+    labels, nxt = _instances_per_map(probs, present, mask_threshold, opts["split"], start)
     tables = []
     for p, prompt in enumerate(prompts):
         if not present[p]:
@@ -300,12 +441,12 @@ def _detect_2d(
             (labels[p] > 0).astype(np.int32),
             probs[p][None],
             [prompt],
-            mpp=mpp,
+            mpp=opts["mpp"],
         )
         t.insert(0, "prompt", prompt)
         tables.append(t)
     table = _concat(tables, ["prompt", *TABLE_COLUMNS])
-    return probs, pv, present, testable, labels, table, nxt
+    return _Detected(probs, pv, present, testable, labels, table, nxt)
 
 
 def _concat(tables, columns) -> pd.DataFrame:
@@ -342,6 +483,8 @@ def detect(
     min_distance: int | None = None,
     split_params: dict | None = None,
     mpp: float | None = None,
+    progress=None,
+    cancel=None,
 ) -> Detection:
     """Whether each prompted object is present, and its instances.
 
@@ -364,6 +507,7 @@ def detect(
             defaults); ``split_params`` passes any other :func:`split_instances` argument.
         mpp: pixel size in microns (fills ``area_um2``; a tiled model with its own ``mpp`` sees
             the image rescaled to it, as in :func:`segment`).
+        progress, cancel: as in :func:`segment`.
 
     Returns:
         :class:`~.results.Detection`.
@@ -373,28 +517,35 @@ def detect(
     td = _resolve_target_dist(predictor, target_dist)
     kw = _split_kwargs(min_size, min_distance, split_params)
     in_vocab = np.array([is_in_vocabulary(p, it, model=_model(predictor)) for p in prompts])
+    st = strategy(predictor)
     image, _ = _prepare(image, channel_axis)
-    common = (joint, td, p_threshold, mask_threshold, kw, mpp)
+    opts = dict(
+        joint=joint,
+        td=td,
+        p_threshold=p_threshold,
+        mask_threshold=mask_threshold,
+        split=kw,
+        mpp=mpp,
+    )
     if not _is_stack(tuple(image.shape), channels, is_3d):
-        probs, pv, present, testable, labels, table, _ = _detect_2d(
-            predictor, np.asarray(image), prompts, it, channels, *common
-        )
+        d = _detect_2d(predictor, st, image, prompts, it, channels, opts, 0, progress, cancel)
+        probs, pv, present, testable = d.probs, d.p_values, d.present, d.testable
+        labels, table = d.labels, d.table
     else:
         z = image.shape[0]
-        res, start, tables = [], 0, []
+        res, start = [], 0
         for i in range(z):
-            r = _detect_2d(predictor, np.asarray(image[i]), prompts, it, channels, *common, start)
-            start = r[6]
-            t = r[5]
-            t.insert(1, "z", i)
-            tables.append(t)
-            res.append(r)
-        probs = np.stack([r[0] for r in res], axis=1)
-        pv = np.stack([r[1] for r in res], axis=1)
-        present = np.stack([r[2] for r in res], axis=1)
-        testable = np.stack([r[3] for r in res], axis=1)
-        labels = np.stack([r[4] for r in res], axis=1)
-        table = _concat(tables, ["prompt", "z", *TABLE_COLUMNS])
+            pr = with_prefix(progress, f"slice {i + 1}/{z}: ")
+            d = _detect_2d(predictor, st, image[i], prompts, it, channels, opts, start, pr, cancel)
+            start = d.next_label
+            d.table.insert(1, "z", i)
+            res.append(d)
+        probs = np.stack([d.probs for d in res], axis=1)
+        pv = np.stack([d.p_values for d in res], axis=1)
+        present = np.stack([d.present for d in res], axis=1)
+        testable = np.stack([d.testable for d in res], axis=1)
+        labels = np.stack([d.labels for d in res], axis=1)
+        table = _concat([d.table for d in res], ["prompt", "z", *TABLE_COLUMNS])
     return Detection(
         prompts=prompts,
         probs=probs,
@@ -446,53 +597,43 @@ def instances_from_class_map(
     return labels, table
 
 
-def _predict_batches(predictor, rgb, targets, batch_size: int) -> np.ndarray:
-    """Probabilities (P, S, S) of all targets, ``batch_size`` coupled prompts per call.
+@dataclass
+class _Recognized:
+    """Recognition of one 2-D image (shapes as :class:`~.results.Recognition` without Z)."""
 
-    batch_size 1 (official default) equals one call per target; the predictor decodes them from
-    one image encoding. Larger batches are coupled (official multi-prompt call); the image is
-    encoded once when the predictor offers ``encode``/``decode``.
-    """
-    if batch_size == 1:
-        return np.asarray(predictor.predict(rgb, targets, joint=False), dtype=np.float32)
-    batches = [targets[i : i + batch_size] for i in range(0, len(targets), batch_size)]
-    if hasattr(predictor, "encode") and hasattr(predictor, "decode"):
-        enc = predictor.encode(rgb)
-        chunks = [
-            predictor.decode(enc, b, joint=len(b) > 1).probabilities(*rgb.shape[:2])
-            for b in batches
-        ]
-    else:
-        chunks = [predictor.predict(rgb, b, joint=len(b) > 1) for b in batches]
-    return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks], axis=0)
+    labels: np.ndarray
+    classes: np.ndarray
+    kept: list
+    table: pd.DataFrame
+    probs: np.ndarray
+    p_values: np.ndarray
 
 
 def _recognize_2d(
-    predictor, arr, targets, it, channels, td, p_threshold, batch_size, kw, mpp, start=0
-):
-    spec = _tiled_spec(predictor)
-    if spec is None:
-        rgb, info = preprocess(np.asarray(arr), it, channels=channels, size=_input_size(predictor))
-        probs_sq = _predict_batches(predictor, rgb, targets, batch_size)
-        pv = existence_p_values(rgb, probs_sq, it, targets, td)
-        probs = unpad(probs_sq, info)
-    else:
-        rgb = _native_rgb(predictor, arr, it, channels)
-        # batch_size 1: every target decoded alone (joint=False), all in one pass per tile
-        step = len(targets) if batch_size == 1 else batch_size
-        batches = [targets[i : i + step] for i in range(0, len(targets), step)]
-        probs = np.concatenate(
-            [
-                _tiled_probs(predictor, rgb, b, spec, batch_size > 1 and len(b) > 1, mpp)
-                for b in batches
-            ],
-            axis=0,
-        )
-        pv = existence_p_values(rgb, probs, it, targets, td)
-    class_map, kept = recognize_maps(probs, targets, pv, p_threshold)
+    predictor, st, arr, targets, it, channels, opts: dict, start=0, progress=None, cancel=None
+) -> _Recognized:
+    # batch_size 1 (official default): every target decoded alone (joint=False), from one
+    # image encoding (whole image) or in one pass per tile (tiled)
+    m = _predict_2d(
+        predictor,
+        st,
+        arr,
+        targets,
+        it,
+        channels,
+        False,
+        opts["mpp"],
+        batch_size=opts["batch_size"],
+        progress=progress,
+        cancel=cancel,
+    )
+    pv = existence_p_values(m.rgb, m.test_probs, it, targets, opts["td"])
+    class_map, kept = recognize_maps(m.probs, targets, pv, opts["p_threshold"])
     names = recognition_class_names(targets)  # "nuclei" beside classes: "unclassified nuclei"
-    labels, table = instances_from_class_map(class_map, probs, names, mpp=mpp, start=start, **kw)
-    return labels, class_map, kept, table, probs, pv
+    labels, table = instances_from_class_map(
+        class_map, m.probs, names, mpp=opts["mpp"], start=start, **opts["split"]
+    )
+    return _Recognized(labels, class_map, kept, table, m.probs, pv)
 
 
 def recognize(
@@ -512,6 +653,8 @@ def recognize(
     min_distance: int | None = None,
     split_params: dict | None = None,
     mpp: float | None = None,
+    progress=None,
+    cancel=None,
 ) -> Recognition:
     """Every object of every target of the modality, as classified instances.
 
@@ -533,6 +676,7 @@ def recognize(
         min_size, min_distance, split_params: instance splitting parameters (pixels).
         mpp: pixel size in microns (fills ``area_um2``; a tiled model with its own ``mpp`` sees
             the image rescaled to it, as in :func:`segment`).
+        progress, cancel: as in :func:`segment`.
 
     Returns:
         :class:`~.results.Recognition` (labels, classes, class_names, kept, table, probs,
@@ -547,29 +691,35 @@ def recognize(
     td = _resolve_target_dist(predictor, target_dist)
     kw = _split_kwargs(min_size, min_distance, split_params)
     in_vocab = np.array([is_in_vocabulary(t, it, model=_model(predictor)) for t in targets])
+    st = strategy(predictor)
     image, _ = _prepare(image, channel_axis)
-    common = (td, p_threshold, batch_size, kw, mpp)
+    opts = dict(td=td, p_threshold=p_threshold, batch_size=batch_size, split=kw, mpp=mpp)
     if not _is_stack(tuple(image.shape), channels, is_3d):
-        labels, classes, kept, table, probs, pv = _recognize_2d(
-            predictor, np.asarray(image), targets, it, channels, *common
+        r = _recognize_2d(predictor, st, image, targets, it, channels, opts, 0, progress, cancel)
+        labels, classes, kept, table, probs, pv = (
+            r.labels,
+            r.classes,
+            r.kept,
+            r.table,
+            r.probs,
+            r.p_values,
         )
     else:
-        res, tables, start = [], [], 0
-        for i in range(image.shape[0]):
+        res, start, z = [], 0, image.shape[0]
+        for i in range(z):
+            pr = with_prefix(progress, f"slice {i + 1}/{z}: ")
             r = _recognize_2d(
-                predictor, np.asarray(image[i]), targets, it, channels, *common, start
+                predictor, st, image[i], targets, it, channels, opts, start, pr, cancel
             )
-            start = max(start, int(r[0].max()))
-            t = r[3]
-            t.insert(1, "z", i)
-            tables.append(t)
+            start = max(start, int(r.labels.max()))
+            r.table.insert(1, "z", i)
             res.append(r)
-        labels = np.stack([r[0] for r in res])
-        classes = np.stack([r[1] for r in res])
-        kept = [t for t in targets if any(t in r[2] for r in res)]
-        table = _concat(tables, ["label", "z", *TABLE_COLUMNS[1:]])
-        probs = np.stack([r[4] for r in res], axis=1)
-        pv = np.stack([r[5] for r in res], axis=1)
+        labels = np.stack([r.labels for r in res])
+        classes = np.stack([r.classes for r in res])
+        kept = [t for t in targets if any(t in r.kept for r in res)]
+        table = _concat([r.table for r in res], ["label", "z", *TABLE_COLUMNS[1:]])
+        probs = np.stack([r.probs for r in res], axis=1)
+        pv = np.stack([r.p_values for r in res], axis=1)
     return Recognition(
         labels=labels,
         classes=classes,

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .progress import check_cancel, report
+
 __all__ = [
     "blend_weights",
     "inference_spec",
@@ -113,6 +115,8 @@ def predict_tiled(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     joint: bool = False,
+    progress=None,
+    cancel=None,
 ) -> np.ndarray:
     """Sliding-window prediction at the image's own pixel size (the image is not resized).
 
@@ -128,6 +132,8 @@ def predict_tiled(
             over this many px towards each tile edge.
         batch_size: tiles per ``predict_batch`` call.
         joint: passed to ``predict_batch`` (coupled prompts, the official multi-prompt call).
+        progress: ``progress(done_tiles, n_tiles, "tiles k/N")`` after each batch (:mod:`.progress`).
+        cancel: checked before each batch; raises :class:`~.progress.Cancelled`.
 
     Returns:
         float32 (P, H, W) probabilities: the weighted mean of the overlapping tiles.
@@ -148,13 +154,17 @@ def predict_tiled(
     acc = np.zeros((len(prompts), hp, wp), np.float32)
     norm = np.zeros((hp, wp), np.float32)
     origins = tile_origins((hp, wp), t, overlap)
-    for i in range(0, len(origins), batch_size):
+    n = len(origins)
+    for i in range(0, n, batch_size):
+        check_cancel(cancel)
         chunk = origins[i : i + batch_size]
         tiles = np.stack([img[y : y + t, x : x + t] for y, x in chunk])
         prob = np.asarray(predictor.predict_batch(tiles, prompts, joint=joint), np.float32)
         for k, (y, x) in enumerate(chunk):
             acc[:, y : y + t, x : x + t] += prob[k] * weight
             norm[y : y + t, x : x + t] += weight
+        done = min(i + batch_size, n)
+        report(progress, done, n, f"tiles {done}/{n}")
     return np.ascontiguousarray((acc / norm)[:, :h, :w])
 
 
