@@ -133,6 +133,17 @@ def run_variant(model, device, dtype_name: str, compile_: bool, args) -> dict:
                 lambda n=n: pred.predict(image, PROMPTS[:n]), device, args.repeats
             )
             res[f"predict{n}_cpu"] = _timed.cpu
+        if args.batch:  # slide throughput: B tiles at the input size, one prompt
+            b = int(args.batch)
+            tiles = rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
+            pred.predict_batch(tiles, PROMPTS[:1])  # warm-up (and compilation of this shape)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base_cuda = torch.cuda.memory_allocated(device)
+            t, _ = _timed(lambda: pred.predict_batch(tiles, PROMPTS[:1]), device, args.repeats)
+            res.update(batch=b, tiles_per_s=b / t, ms_per_tile=1000.0 * t / b, batch_cpu=_timed.cpu)
+            if device.type == "cuda":
+                res["batch_peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) - base_cuda
     finally:
         if compile_:
             model.encode_image = eager_encode
@@ -263,6 +274,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--section-out", default=None, help="also write the markdown section here")
+    ap.add_argument("--compile-dtypes", default=None, help="dtypes compiled (default: --dtypes)")
+    ap.add_argument("--batch", type=int, default=0, help="also time predict_batch of N tiles")
+    ap.add_argument("--json", default=None, help="write the figures (meta, results) as JSON")
     args = ap.parse_args(argv)
     args.prompts = [int(x) for x in args.prompts.split(",")]
     if max(args.prompts) > len(PROMPTS):
@@ -288,7 +302,8 @@ def main(argv=None) -> int:
     print(f"built {args.config} in {time.perf_counter() - t0:.1f} s on {device}", flush=True)
     variants = [(d.strip(), False) for d in args.dtypes.split(",") if d.strip()]
     if args.compile:
-        variants += [(d, True) for d, _ in list(variants)]
+        cd = [d.strip() for d in (args.compile_dtypes or args.dtypes).split(",") if d.strip()]
+        variants += [(d, True) for d in cd]
     results = []
     for dtype_name, comp in variants:
         print(f"running {dtype_name}{' + compile' if comp else ''} ...", flush=True)
@@ -308,6 +323,10 @@ def main(argv=None) -> int:
         "decode_repeats": args.decode_repeats,
         "command": "python benchmarks/bench_model.py " + " ".join(argv or sys.argv[1:]),
     }
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     section = format_section(results, meta, args.prompts)
     print(section)
     if args.section_out:
