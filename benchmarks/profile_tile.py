@@ -117,8 +117,8 @@ def profile(
     """Per-phase seconds per tile for each path; returns a JSON-able dict."""
     from napari_biomedparse.inference.fast import FastPredictor
     from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.inference.tiled import resize_probs
     from napari_biomedparse.slide.readers import open_image
-    from napari_biomedparse.slide.stages import resize_tile_probs as _resize_probs
     from napari_biomedparse.slide.store import open_group
     from napari_biomedparse.slide.tiling import TileGrid, read_tile
 
@@ -178,7 +178,7 @@ def profile(
                 with timer("predict"):
                     out = runner.predict_batch(rgb, prompts)
                 with timer("resize_cpu"):
-                    out = _resize_probs(out, T)
+                    out = resize_probs(out, (T, T))
             with timer("write"):
                 if out.dtype == np.uint8:  # quantised on the device (FastPredictor)
                     q = out

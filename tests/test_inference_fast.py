@@ -63,7 +63,7 @@ def test_fast_predictor_matches_the_predictor(pred):
     stays close to PIL on the CPU + probabilities resized back."""
     from PIL import Image
 
-    from napari_biomedparse.slide.stages import resize_tile_probs
+    from napari_biomedparse.inference.tiled import resize_probs
 
     same = tiles(1, 2, 64)
     ref = pred.predict_batch(same, PROMPTS)
@@ -76,7 +76,7 @@ def test_fast_predictor_matches_the_predictor(pred):
     assert d.max() <= 1 and (d == 0).mean() > 0.99
     big = tiles(2, 1, 128)
     small = np.asarray(Image.fromarray(big[0]).resize((64, 64), Image.Resampling.BILINEAR))
-    ref128 = resize_tile_probs(pred.predict_batch(small[None], PROMPTS), 128)
+    ref128 = resize_probs(pred.predict_batch(small[None], PROMPTS), (128, 128))
     got128 = FastPredictor(pred, 128, output="float32").predict_batch(big, PROMPTS)
     assert got128.shape == (1, 2, 128, 128)
     assert np.abs(got128 - ref128).mean() < 0.02

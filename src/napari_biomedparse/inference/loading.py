@@ -109,10 +109,11 @@ def model_fingerprint(obj) -> str:
 
 
 def _dtype_name(dtype) -> str | None:
-    if dtype is None:
-        return None
-    s = str(dtype).replace("torch.", "")
-    return {"float32": None, "fp32": None, "bfloat16": "bf16", "float16": "fp16"}.get(s, s)
+    """None for full precision, else "bf16" / "fp16" (:func:`.devices.dtype_name`)."""
+    from .devices import dtype_name
+
+    name = dtype_name(dtype)
+    return None if name == "fp32" else name
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_biomedparse.inference.tiled import resize_probs
+
 from .blockwise import BlockLayout, BlockRecord, components, label_block, paint_block
 from .blockwise import split_labeller as _split_labeller
 from .readers import SlideImage
@@ -60,21 +62,6 @@ MAX_BATCHES_PER_UNIT = 8
 
 # --------------------------------------------------------------------------------------------
 # tiles
-
-
-def resize_tile_probs(out: np.ndarray, size: int) -> np.ndarray:
-    """(B, P, S, S) float -> (B, P, size, size) float32: model-input probabilities to the
-    tile size (bilinear, antialiased when shrinking; the same resize as the device path of
-    :class:`~napari_biomedparse.inference.fast.FastPredictor`)."""
-    if out.shape[-1] == size and out.shape[-2] == size:
-        return out.astype(np.float32, copy=False)
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
-    r = torch.nn.functional.interpolate(
-        t, size=(size, size), mode="bilinear", align_corners=False, antialias=size < out.shape[-1]
-    )
-    return r.numpy()
 
 
 def run_tiles(
@@ -124,7 +111,7 @@ def run_tiles(
                 if out.dtype == np.uint8 and out.shape[-1] == T:  # round(255 p) made on the GPU
                     q = out
                 else:
-                    out = resize_tile_probs(np.asarray(out, dtype=np.float32), T)
+                    out = resize_probs(out, (T, T))
                     q = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
                 for b, k in enumerate(batch):
                     i, j = grid.index(k)
