@@ -236,3 +236,71 @@ def test_cli_speaks_in_options_not_keyword_arguments(tmp_path, monkeypatch, caps
     rc = main(["slide", str(CMU), "-o", str(out_dir), *FAST, "--no-resume"])
     printed = capsys.readouterr().out
     assert rc == 1 and "add --overwrite" in printed and "leave out --no-resume" in printed
+
+
+# 8. a scheduler address where something else answers ----------------------------------------
+
+
+def _server(reply: bytes | None):
+    """A plain TCP service on a loopback port: silent (reply None) or sending ``reply``."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    conns = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            if reply:
+                c.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("reply", [None, b"SSH-2.0-OpenSSH_9.6\r\n", b"\xff" * 64])
+def test_scheduler_probe_fails_fast_on_other_services(reply, tmp_path, capsys):
+    import time
+
+    from napari_biomedparse.errors import SchedulerUnavailableError
+    from napari_biomedparse.slide.validate import probe_scheduler
+
+    srv, addr = _server(reply)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(SchedulerUnavailableError, match="not a dask scheduler"):
+            probe_scheduler(addr, timeout=2)
+        assert time.perf_counter() - t0 < 4
+        rc = main(["slide", str(SMALL), "-o", str(tmp_path / "o"), "--scheduler", addr])
+        err = capsys.readouterr().err
+        assert rc == 1 and "not a dask scheduler" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        srv.close()
+    import socket
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    try:
+        with pytest.raises(SchedulerUnavailableError, match="no dask scheduler answers"):
+            probe_scheduler(f"tcp://127.0.0.1:{free.getsockname()[1]}", timeout=2)
+    finally:
+        free.close()
+
+
+def test_scheduler_probe_accepts_a_real_scheduler():
+    from distributed import LocalCluster
+
+    from napari_biomedparse.slide.validate import probe_scheduler
+
+    with LocalCluster(
+        n_workers=0, processes=False, dashboard_address=None, host="127.0.0.1", protocol="tcp://"
+    ) as c:
+        probe_scheduler(c.scheduler_address, timeout=5)

@@ -234,6 +234,9 @@ def make_client(scheduler: str | None = None, workers: int | None = None, **clus
     from distributed import Client, LocalCluster
 
     if scheduler:
+        from .validate import probe_scheduler
+
+        probe_scheduler(scheduler)  # a few seconds, before Client(...) can hang or misread
         try:
             return Client(scheduler, timeout=cluster_kwargs.pop("timeout", "20s"))
         except (OSError, TimeoutError) as exc:
