@@ -7,10 +7,12 @@ the same uint8 numbers; hand-computed values check the arithmetic where no resiz
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from skimage import transform
 
 from napari_biomedparse.inference.modalities import CT_WINDOWS
@@ -277,3 +279,59 @@ def test_to_rgb_uint8_matches_unresized_preprocess():
     np.testing.assert_array_equal(
         to_rgb_uint8(hu, "CT", site="abdomen"), preprocess(hu, "CT", site="abdomen", size=None)[0]
     )
+
+
+# ---------------------------------------------------------------- precomputed (per-slide) statistics
+def _kinds():
+    """Real and hand-made images of every path of the preset: (image, modality, kwargs)."""
+    import tifffile
+
+    fluo = tifffile.imread(DATA / "stardist_img2d.tif")  # uint16, real
+    nan = fluo.astype(np.float32)
+    nan[10:20, 30:60] = np.nan
+    nan[200, 200] = np.inf
+    rgb16 = np.stack([fluo, fluo // 2, fluo // 3], axis=-1)
+    multi = np.stack([fluo, fluo[::-1], fluo[:, ::-1], fluo.T], axis=-1)
+    return [
+        (fluo, "fluorescence", {}),
+        (nan, "fluorescence", {}),
+        (rgb16, "brightfield", {}),
+        (multi, "fluorescence", {"channels": [0, 3]}),
+        (_ct_slice(96, 80), "CT", {"site": "abdomen"}),
+        (
+            np.asarray(Image.open(DATA / "hgsc_nest.jpg"))[:300, :300],
+            "pathology",
+            {},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("k", range(6))
+def test_stats_of_the_whole_image_give_its_own_conversion_to_every_tile(k):
+    from napari_biomedparse.inference.preprocessing import IntensityStats, intensity_stats
+
+    img, modality, kw = _kinds()[k]
+    whole = to_rgb_uint8(img, modality, **kw)
+    st = intensity_stats(img, modality, **kw)
+    # stored as JSON-able plain values (e.g. in a slide store) and read back
+    st2 = IntensityStats.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert st2 == st
+    np.testing.assert_array_equal(to_rgb_uint8(img, modality, stats=st, **kw), whole)
+    h, w = img.shape[:2]
+    for y0, x0, th, tw in [(0, 0, 40, 50), (h // 2, w // 3, 33, 47), (h - 20, w - 25, 20, 25)]:
+        tile = img[y0 : y0 + th, x0 : x0 + tw]
+        got = to_rgb_uint8(tile, modality, stats=st2.to_dict(), **kw)
+        np.testing.assert_array_equal(got, whole[y0 : y0 + th, x0 : x0 + tw])
+    if st.bounds:  # a tile's own statistics differ from the image's (the point of stats=)
+        tile = img[: h // 4, : w // 4]
+        own = to_rgb_uint8(tile, modality, **kw)
+        assert modality == "CT" or not np.array_equal(own, whole[: h // 4, : w // 4])
+
+
+def test_stats_of_another_kind_are_refused():
+    from napari_biomedparse.inference.preprocessing import intensity_stats
+
+    img, modality, kw = _kinds()[0]
+    st = intensity_stats(img, modality)
+    with pytest.raises(ValueError, match="stats were computed for a 'grey' image"):
+        to_rgb_uint8(np.stack([img] * 3, axis=-1), "brightfield", stats=st)

@@ -88,13 +88,49 @@ def _replace_nonfinite(x: np.ndarray, lower: float, upper: float) -> np.ndarray:
     return x
 
 
-def intensity_scale(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+def _bounds(x: np.ndarray, window) -> tuple[float, float, float, float] | None:
+    """(lower, upper, lo, hi) of the official rule for ``x``: clipping bounds and the clipped
+    image's min and max (None: no pixel > 0 and no window, the image maps to zeros)."""
+    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
+    if window is not None:
+        lower, upper = window
+    else:
+        vals = x[finite & (x > 0)] if finite is not None else x[x > 0]
+        if vals.size == 0:
+            return None
+        lower, upper = np.percentile(vals, 0.5), np.percentile(vals, 99.5)
+    if finite is not None:
+        vals = x[finite]
+        lo = max(float(lower), float(vals.min())) if vals.size else float(lower)
+        hi = min(float(upper), float(vals.max())) if vals.size else float(upper)
+        if not finite.all():  # NaN / -inf take the lower bound, +inf the upper
+            if (np.isnan(x) | (x == -np.inf)).any():
+                lo = float(lower)
+            if (x == np.inf).any():
+                hi = float(upper)
+    else:
+        lo = max(float(lower), float(x.min()))
+        hi = min(float(upper), float(x.max()))
+    return float(lower), float(upper), lo, hi
+
+
+def intensity_scale(
+    image: np.ndarray,
+    window: tuple[float, float] | None = None,
+    *,
+    bounds: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
     """Official intensity normalisation of a 2-D image to float in [0, 255].
 
     Args:
         image: (H, W) (or (H, W, C), scaled jointly) numeric array; CT in Hounsfield units.
         window: (lower, upper) clipping bounds (a CT window); None = the 0.5th and 99.5th
             percentiles (numpy's linear interpolation) of the finite pixels that are > 0.
+
+        bounds: precomputed ``(lower, upper, lo, hi)`` (clipping bounds and the clipped
+            image's min and max, as :func:`intensity_stats` records them for a whole image):
+            used instead of this array's own, so that a tile of an image is scaled exactly as
+            the whole image is; values then stay clipped to [0, 255].
 
     Returns:
         float array, same shape: ``clip(x, lower, upper)`` min-max scaled to [0, 255] with the
@@ -104,21 +140,15 @@ def intensity_scale(image: np.ndarray, window: tuple[float, float] | None = None
     x = np.asarray(image)
     if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"expected a numeric intensity image; got {_describe(x)}")
-    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
-    if window is not None:
-        lower, upper = window
-    else:
-        vals = x[finite & (x > 0)] if finite is not None else x[x > 0]
-        if vals.size == 0:
+    if bounds is None:
+        bounds = _bounds(x, window)
+        if bounds is None:
             return np.zeros(x.shape, dtype=np.float64)
-        lower, upper = np.percentile(vals, 0.5), np.percentile(vals, 99.5)
-    if finite is not None and not finite.all():
-        x = _replace_nonfinite(x, lower, upper)
-    x = np.clip(x, lower, upper)
-    lo, hi = x.min(), x.max()
+    lower, upper, lo, hi = bounds
+    x = np.clip(_replace_nonfinite(x, lower, upper), lower, upper)
     if not hi > lo:
         return np.zeros(x.shape, dtype=np.float64)
-    return (x - lo) / (hi - lo) * 255.0
+    return np.clip((x - lo) / (hi - lo) * 255.0, 0.0, 255.0)
 
 
 def pad_to_square(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -218,19 +248,32 @@ def _check_dtype(image: np.ndarray, it: ImageType) -> None:
             )
 
 
-def _scaled_channels(image: np.ndarray, kind: str, it: ImageType) -> tuple[list, bool]:
+def _scaled_channels(
+    image: np.ndarray, kind: str, it: ImageType, stats: IntensityStats | None = None
+) -> tuple[list, bool]:
     """Per output channel: float [0, 255] arrays (intensity path) or uint8 (pass through).
 
+    ``stats``: precomputed bounds per scaled group (:func:`intensity_stats`) or None.
     Returns (list of 3 (H, W) arrays, is_uint8_passthrough).
     """
     window = None
     if it.modality == "CT":
         lo, hi = it.window  # type: ignore[misc]
         window = (int(lo), int(hi))  # official windows are ints: np.clip keeps an int dtype
+    groups = iter(stats.bounds) if stats is not None else None
+
+    def scale(x, window):
+        if groups is None:
+            return intensity_scale(x, window)
+        b = next(groups, "missing")
+        if b == "missing":
+            raise ValueError("stats do not match this image: compute them with intensity_stats")
+        return np.zeros(x.shape, np.float64) if b is None else intensity_scale(x, bounds=b)
+
     if kind == "grey":
         if image.dtype == np.uint8 and it.modality in RGB_MODALITIES | {"CT"}:
             return [image] * 3, True
-        return [intensity_scale(image, window)] * 3, False
+        return [scale(image, window)] * 3, False
     if kind == "rgb":
         if image.dtype == np.uint8:
             return [image[..., i] for i in range(3)], True
@@ -239,7 +282,7 @@ def _scaled_channels(image: np.ndarray, kind: str, it: ImageType) -> tuple[list,
                 f"CT expects a single channel in Hounsfield units; got {_describe(image)} "
                 "(an RGB CT image must be 8-bit, already windowed)"
             )
-        scaled = intensity_scale(image, window)  # jointly, keeps the colour balance
+        scaled = scale(image, window)  # jointly, keeps the colour balance
         return [scaled[..., i] for i in range(3)], False
     # multichannel selection: each channel scaled on its own (uint8 channels pass through)
     if image.dtype == np.uint8:
@@ -247,10 +290,58 @@ def _scaled_channels(image: np.ndarray, kind: str, it: ImageType) -> tuple[list,
         while len(chans) < 3:
             chans.append(np.zeros_like(chans[0]))
         return chans, True
-    chans = [intensity_scale(image[..., i], window) for i in range(image.shape[-1])]
+    chans = [scale(image[..., i], window) for i in range(image.shape[-1])]
     while len(chans) < 3:
         chans.append(np.zeros_like(chans[0]))
     return chans, False
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Per-image statistics of the intensity preset, reusable for any part of the image.
+
+    ``kind``: "grey", "rgb" (scaled jointly) or "multi" (each selected channel on its own);
+    ``bounds``: one ``(lower, upper, lo, hi)`` per scaled group (clipping bounds, then the
+    clipped image's min and max), None for a group that maps to zeros; empty for uint8 images
+    that pass through. Plain floats, so the statistics can be stored with a result.
+    """
+
+    kind: str
+    bounds: tuple
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "bounds": [None if b is None else list(b) for b in self.bounds]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IntensityStats:
+        b = tuple(None if v is None else tuple(float(x) for x in v) for v in d["bounds"])
+        return cls(str(d["kind"]), b)
+
+
+def intensity_stats(
+    image,
+    modality,
+    site: str | None = None,
+    channels=None,
+    channel_axis: int | None = None,
+) -> IntensityStats:
+    """The statistics :func:`to_rgb_uint8` computes for ``image`` (the whole image, or a
+    representative version of it such as a low-resolution slide level), to pass as ``stats=``
+    when converting parts of it (tiles), so that every part is scaled as the whole image."""
+    it = normalize_modality(modality, site)
+    image = as_channels_last(image, channel_axis)
+    arr, kind = _classify(image, channels)
+    _check_dtype(arr, it)
+    window = None
+    if it.modality == "CT":
+        window = tuple(int(v) for v in it.window)  # type: ignore[union-attr]
+    if arr.dtype == np.uint8 and (kind != "grey" or it.modality in RGB_MODALITIES | {"CT"}):
+        return IntensityStats(kind, ())  # uint8 passes through
+    if kind == "multi":
+        groups = [arr[..., i] for i in range(arr.shape[-1])]
+    else:
+        groups = [arr]
+    return IntensityStats(kind, tuple(_bounds(np.asarray(g), window) for g in groups))
 
 
 def to_rgb_uint8(
@@ -259,6 +350,8 @@ def to_rgb_uint8(
     site: str | None = None,
     channels=None,
     channel_axis: int | None = None,
+    *,
+    stats: IntensityStats | dict | None = None,
 ) -> np.ndarray:
     """The intensity part of the preset only (no padding, no resizing).
 
@@ -266,6 +359,10 @@ def to_rgb_uint8(
 
     Args:
         image: (H, W) or (H, W, C) as for :func:`preprocess`.
+        stats: None (the image's own statistics, as :func:`preprocess` uses them), or the
+            :func:`intensity_stats` of the image this one is a part of (e.g. per-slide
+            statistics for a slide tile): then the tile gets exactly the values that converting
+            the whole image would give it.
 
     Returns:
         (H, W, 3) uint8 RGB (scaled values truncated to uint8).
@@ -274,7 +371,14 @@ def to_rgb_uint8(
     image = as_channels_last(image, channel_axis)
     arr, kind = _classify(image, channels)
     _check_dtype(arr, it)
-    chans, _ = _scaled_channels(arr, kind, it)
+    if isinstance(stats, dict):
+        stats = IntensityStats.from_dict(stats)
+    if stats is not None and stats.kind != kind:
+        raise ValueError(
+            f"stats were computed for a {stats.kind!r} image, this one is {kind!r}: compute them "
+            "with intensity_stats on the same kind of image (same channels=)"
+        )
+    chans, _ = _scaled_channels(arr, kind, it, stats if stats and stats.bounds else None)
     return np.stack([np.asarray(c).astype(np.uint8) for c in chans], axis=-1)
 
 
