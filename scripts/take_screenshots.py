@@ -52,16 +52,44 @@ def _wait(app, widget, timeout=900):
         raise RuntimeError(f"run failed: {widget.run.last_error}")
 
 
-def _save(viewer, app, name: str, colors: int = 128):
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-    from PIL import Image
+def _scroll(widget, top: bool) -> None:
+    """Scroll a docked (scrollable) widget to its top or bottom."""
+    from qtpy.QtWidgets import QScrollArea
 
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()  # e.g. napari's PyQt5 deprecation notice
-    for _ in range(10):
+    area = widget.native
+    if not isinstance(area, QScrollArea):
+        area = area.findChild(QScrollArea)
+    bar = area.verticalScrollBar()
+    bar.setValue(bar.minimum() if top else bar.maximum())
+
+
+def _settle(app, n=10):
+    for _ in range(n):
         app.processEvents()
         time.sleep(0.05)
-    arr = viewer.screenshot(canvas_only=False, flash=False)
+
+
+def _screen(app, window):
+    """The window as the screen shows it, floating dialogs (the activity dock) included."""
+    import numpy as np
+
+    geo = window.frameGeometry()
+    pix = app.primaryScreen().grabWindow(0, geo.x(), geo.y(), geo.width(), geo.height())
+    img = pix.toImage().convertToFormat(pix.toImage().Format.Format_RGB888)
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    arr = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())
+    return arr[:, : img.width() * 3].reshape(img.height(), img.width(), 3).copy()
+
+
+def _save(viewer, app, name: str, colors: int = 128, screen: bool = False):
+    from PIL import Image
+
+    _settle(app)
+    if screen:
+        arr = _screen(app, viewer.window._qt_window)
+    else:
+        arr = viewer.screenshot(canvas_only=False, flash=False)
     img = Image.fromarray(arr[..., :3]).quantize(colors=colors, dither=Image.Dither.NONE)
     path = OUT / f"{name}.png"
     img.save(path, optimize=True)
@@ -91,7 +119,8 @@ def main(argv=None):
     OUT.mkdir(parents=True, exist_ok=True)
     pred, label = _predictor(args.model)
     MODEL.use(pred, name=label)
-    get_settings().application.gui_notification_level = "none"  # no toasts in the pictures
+    # information toasts ("replaced 3 layers") would hide the layers; warnings still show
+    get_settings().application.gui_notification_level = "warning"
     viewer = napari.Viewer(show=True, title="napari-biomedparse")
     viewer.window._qt_window.resize(args.width, args.height)
     app = QApplication.instance()
@@ -117,13 +146,14 @@ def main(argv=None):
     dock, rec = viewer.window.add_plugin_dock_widget(name, "Recognize all")
     rec.start()
     _wait(app, rec)
-    viewer.layers.selection.active = viewer.layers["hgsc_nest instances (recognize)"]
+    viewer.layers.selection.active = viewer.layers["hgsc_nest instances"]
+    _scroll(rec, top=True)
     _save(viewer, app, "recognize")
-    # the instances' features in napari's features table
-    viewer.window.remove_dock_widget(dock)
-    dock, _table = viewer.window.add_plugin_dock_widget("napari", "Features table widget")
-    viewer.layers.selection.active = viewer.layers["hgsc_nest instances (recognize)"]
-    _save(viewer, app, "features")
+    # the results view: counts, the objects table linked to the canvas, export
+    rec.results.select_row(3)
+    viewer.camera.zoom *= 3
+    _scroll(rec, top=False)
+    _save(viewer, app, "results")
     viewer.window.remove_dock_widget(dock)
     dock = None
 
@@ -134,18 +164,38 @@ def main(argv=None):
 
     # 4. A whole slide: the reader (lazy multiscale, microns) and the slide engine
     viewer.layers.clear()
+    for d in list(viewer.window.dock_widgets.values()):
+        viewer.window.remove_dock_widget(d)
     viewer.open(str(ROOT / "src/napari_biomedparse/data/cmu_small_region.svs"), plugin=name)
     viewer.scale_bar.visible = True
     viewer.reset_view()
     _save(viewer, app, "reader")
     dock, sw = viewer.window.add_plugin_dock_widget(name, "Slide processing")
-    sw.mpp.value = 0.5
     sw.output_folder.value = tempfile.mkdtemp()
+    reports = []
+    sw.run.progressed.connect(lambda d, t, m: reports.append((d, t, m)))
     sw.start()
+    # napari's activity dock during the run (tiles done / total, cancel button)
+    viewer.window._status_bar._toggle_activity_dock(True)
+    t0 = time.monotonic()
+    while sw.run.running and not any("tile" in m and 0 < d < t for d, t, m in reports):
+        app.processEvents()
+        time.sleep(0.05)
+        if time.monotonic() - t0 > 600:
+            raise TimeoutError("no tile progress")
+    _save(viewer, app, "activity", screen=True)
     _wait(app, sw)
+    viewer.window._status_bar._toggle_activity_dock(False)
     viewer.camera.center = (1000.0, 560.0)
     viewer.camera.zoom = viewer.camera.zoom * 4
     _save(viewer, app, "slide")
+
+    # 5. A small window (853 px): the docked widget scrolls, the canvas keeps its room
+    viewer.window._qt_window.resize(853, 640)
+    _settle(app, 20)
+    canvas = viewer.window._qt_viewer.canvas.native.width()
+    print(f"853 px window: canvas {canvas} px wide, dock {dock.width()} px")
+    _save(viewer, app, "narrow")
     viewer.close()
 
 

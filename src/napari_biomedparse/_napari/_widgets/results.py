@@ -36,6 +36,7 @@ class ResultsView(Container):
         self.table.read_only = True
         self.table.native.setMinimumHeight(140)
         self.table.native.setMaximumHeight(260)
+        self.table.native.verticalHeader().setVisible(False)  # "index" is the object's label
         self.folder = FileEdit(mode="d", value=default_folder, label="export to")
         self.export_geojson = PushButton(text="Export GeoJSON (QuPath)")
         self.export_csv = PushButton(text="Export CSV")
@@ -96,6 +97,7 @@ class ResultsView(Container):
             if shown[c].dtype.kind == "f":
                 shown[c] = shown[c].round(3)
         self.table.value = shown.astype({"class": str}) if len(shown) else shown
+        self.table.native.resizeColumnsToContents()
         self._set_enabled(True)
         lab.mouse_drag_callbacks.append(self._canvas_clicked)
         lab.events.selected_label.connect(self._label_selected)
