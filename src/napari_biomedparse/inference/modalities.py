@@ -278,7 +278,13 @@ def normalize_modality(name, site: str | None = None) -> ImageType:
                         name_site = _normalize_site(modality, tail)
                         break
         if modality is None:
-            raise ValueError(f"unknown modality {name!r}. Valid {_valid_names()}")
+            import difflib
+
+            names = [*MODALITIES, *_TYPE_TO_KEY, *_ALIASES]
+            close = difflib.get_close_matches(str(name).strip(), names, n=1, cutoff=0.6)
+            close = close or difflib.get_close_matches(key, list(_ALIASES), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown modality {name!r}.{hint} Valid {_valid_names()}")
     if site is not None and site != "":
         s = _normalize_site(modality, site)
         if name_site is not None and s != name_site and {s, name_site} != {"chest", "lung"}:

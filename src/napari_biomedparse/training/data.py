@@ -91,6 +91,12 @@ class AnnotatedImage:
             )
         if not self.prompts:
             raise ValueError(f"AnnotatedImage {self.name!r}: no prompts given.")
+        from napari_biomedparse.inference.modalities import normalize_modality
+
+        try:  # a misspelt modality would train an unusable vocabulary key
+            normalize_modality(self.modality)
+        except ValueError as exc:
+            raise ValueError(f"AnnotatedImage {self.name!r}: {exc}") from None
         self.image = img
         self.classes = cls.astype(np.int32, copy=False)
         self.prompts = {int(k): str(v).strip() for k, v in self.prompts.items()}
@@ -352,7 +358,17 @@ def load_folder(path: str | Path) -> list[AnnotatedImage]:
             f"{meta_path} not found: a training folder needs dataset.json with 'prompts' "
             "(see docs/finetuning.md for the layout)."
         )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{meta_path} is not valid JSON ({exc}); fix it, e.g. "
+            '{"modality": "pathology", "prompts": {"1": "nuclei"}} (see docs/finetuning.md)'
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{meta_path} must hold a JSON object, e.g. {{'prompts': {{'1': 'nuclei'}}}}"
+        )
     if "prompts" not in meta:
         raise ValueError(
             f"{meta_path} has no 'prompts' entry, e.g. {{'prompts': {{'1': 'nuclei'}}}}"

@@ -319,6 +319,36 @@ def _vocabulary(images: Sequence[AnnotatedImage], base: dict | None) -> dict[str
     return vocab
 
 
+def _warn_unlabelled(images) -> None:
+    """Warn (UserWarning) when the training labels hold no object at all, or a prompt has
+    no labelled pixel in any image (it would be trained only as absent)."""
+    import warnings
+
+    seen: dict[str, int] = {}
+    for a in images:
+        values, counts = np.unique(a.classes, return_counts=True)
+        n = dict(zip(values.tolist(), counts.tolist()))
+        for v, p in a.prompts.items():
+            seen[p] = seen.get(p, 0) + int(n.get(v, 0))
+    if seen and not any(seen.values()):
+        warnings.warn(
+            "every training label is 0 (background): the model would learn that nothing is "
+            "there. Check that the label images match the images and hold the class values "
+            "of the prompts",
+            UserWarning,
+            stacklevel=3,
+        )
+    else:
+        empty = sorted(p for p, c in seen.items() if c == 0)
+        if empty:
+            warnings.warn(
+                f"no labelled pixel for {empty} in the training data: these prompts would be "
+                "trained only as absent",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def finetune(
     model="default",
     train=None,
@@ -413,6 +443,7 @@ def finetune(
             raise FileExistsError(f"{out_path} exists; choose another path or pass overwrite=True.")
     train_images = as_annotated(train, modality=modality)
     val_images = as_annotated(val, modality=modality) if val is not None else []
+    _warn_unlabelled(train_images)
     frozen = _parse_freeze(freeze)
     dev = resolve_device(device)
     torch.manual_seed(seed)
