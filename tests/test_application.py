@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_biomedparse.inference.application import (
@@ -98,3 +99,36 @@ def test_precedence_model_entry_then_model_then_modality():
 def test_malformed_metadata_is_one_clear_error(bad):
     with pytest.raises(ValueError, match="inference"):
         application_defaults({"inference": bad, "input_size": 256}, "pathology")
+
+
+def test_v1_geometry_on_a_slide_resizes_64um_tiles_4x(v1_tiny, tmp_path):
+    """The slide engine, given nothing, tiles the v1 model's slide at 0.25 um/px in 256 px
+    tiles and feeds each to the model at 1024 px (resize factor 4)."""
+    from napari_biomedparse.inference.predictor import Predictor
+    from napari_biomedparse.slide.engine import process_slide
+
+    pred = Predictor(v1_tiny, device="cpu")
+    seen = []
+    real = pred.predict_batch
+
+    def predict_batch(rgb, prompts, *args, **kwargs):
+        seen.append(np.asarray(rgb).shape)
+        return real(rgb, prompts, *args, **kwargs)
+
+    pred.predict_batch = predict_batch
+    rng = np.random.default_rng(0)
+    slide = rng.integers(60, 200, size=(120, 120, 3), dtype=np.uint8)  # 60 um at 0.5 um/px
+    res = process_slide(
+        slide,
+        tmp_path / "run.zarr",
+        model=pred,
+        prompts=["neoplastic cells"],
+        slide_mpp=0.5,
+        tissue_mask=False,
+        recognize=False,
+    )
+    p = res.params
+    assert (p["mpp"], p["tile_size"], p["overlap"], p["input_size"]) == (0.25, 256, 32, 1024)
+    assert res.probs.shape == (1, 240, 240)  # 60 um at 0.25 um/px
+    assert seen and all(s[1:] == (1024, 1024, 3) for s in seen)
+    assert sum(s[0] for s in seen) == 4  # ceil(240 / 224) ** 2 tiles of 64 um

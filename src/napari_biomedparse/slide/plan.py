@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+# the shared post-processing defaults (minimum area, splitting radius, tissue mask)
+from napari_biomedparse.inference.postprocess import MIN_AREA_UM2, NUCLEUS_RADIUS_UM, TISSUE_MASK
 from napari_biomedparse.inference.validate import (
     check_mpp,
     check_tile_read,
@@ -27,7 +29,7 @@ from napari_biomedparse.inference.validate import (
 from .blockwise import BlockLayout
 from .readers import SlideImage, check_processable
 from .store import FORMAT_VERSION
-from .tiling import TileGrid, defaults_for
+from .tiling import TileGrid
 
 __all__ = ["SlidePlan", "plan_slide", "resolve_geometry", "resolve_prompts", "source_identity"]
 
@@ -35,14 +37,19 @@ CHUNK = 1024  # output chunk / instance block edge (output pixels)
 HALO_UM = 32.0  # instance halo in microns (grows when an object needs more)
 MAX_HALO_UM = 512.0
 MIN_TISSUE_FRACTION = 0.01
-NUCLEUS_RADIUS_UM = 3.5  # splitting radius of touching nuclei
 
 
-def resolve_geometry(modality, mpp, tile_size, overlap, image_mpp):
+def resolve_geometry(modality, mpp, tile_size, overlap, image_mpp, model=None):
     """The application defaults, resolved in this one place: ``(target_mpp, tile_size,
-    overlap, native, notes)``; ``native`` = processed at the image's own resolution.
+    overlap, native, notes)``; ``native`` = processed at the image's own resolution. The
+    defaults are the model's first (``model``: a model / predictor, its
+    ``metadata["inference"]``), the modality's second
+    (:func:`~napari_biomedparse.inference.application.application_defaults`).
     Raises ValueError when a physical resolution is asked of an image without one."""
-    d = defaults_for(modality)
+    from napari_biomedparse.inference.application import application_defaults
+
+    spec = application_defaults(model if model is not None else {}, modality)
+    d = {"mpp": spec.mpp, "tile_size": spec.tile_size, "overlap": spec.overlap}
     notes: list[str] = []
     native = mpp is None and d["mpp"] is None
     if image_mpp is None and native:
@@ -214,9 +221,9 @@ def plan_slide(
     tile_size: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
-    tissue_mask: bool = True,
+    tissue_mask: bool = TISSUE_MASK,
     instances: str = "split",
-    min_area_um2: float = 8.0,
+    min_area_um2: float = MIN_AREA_UM2,
     readers: int = 2,
 ) -> SlidePlan:
     """The plan of a run of ``predictor`` on ``image`` (see the module doc). ``image.mpp``
@@ -224,7 +231,7 @@ def plan_slide(
     else a ValueError saying how to give the pixel size."""
     try:
         slide_mpp, target, T, O_, native, notes = resolve_geometry(
-            modality, mpp, tile_size, overlap, image.mpp
+            modality, mpp, tile_size, overlap, image.mpp, model=predictor
         )
     except ValueError as exc:
         if image.mpp is None and "pixel size" in str(exc):

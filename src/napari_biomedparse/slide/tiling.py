@@ -20,30 +20,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from napari_biomedparse.inference.application import MODALITY_DEFAULTS, modality_key
+
 from .readers import SlideImage
 
 __all__ = ["TileGrid", "DEFAULTS", "read_tile", "to_rgb_uint8"]
 
-# Per-modality defaults: target um/px (None = the slide's own resolution, no resampling),
-# tile edge and overlap in output pixels. Pathology: 0.5 um/px (20x), the scale the bundled
-# model was trained at, with 256 px tiles (128 um field of view) = its input size; see the
-# sweep of pixel size and tile size in docs/benchmarks.md (slide section). Fluorescence and
-# other modalities have no standard scale: they run at the image's own resolution.
-DEFAULTS: dict[str, dict] = {
-    "pathology": {"mpp": 0.5, "tile_size": 256, "overlap": 32},
-    "brightfield": {"mpp": 0.5, "tile_size": 256, "overlap": 32},
-    "fluorescence": {"mpp": None, "tile_size": 256, "overlap": 32},
-    "default": {"mpp": None, "tile_size": 512, "overlap": 64},
-}
+# Per-modality defaults (target um/px, None = the slide's own resolution; tile edge and
+# overlap in output pixels): one table, in inference/application.py, where a model's own
+# defaults take precedence (application_defaults).
+DEFAULTS: dict[str, dict] = MODALITY_DEFAULTS
 
 
 def defaults_for(modality: str | None) -> dict:
-    """Default ``mpp`` (None = native), ``tile_size`` and ``overlap`` for a modality."""
-    key = str(modality or "default").lower().replace("_", "-").replace(" ", "-")
-    for k in DEFAULTS:
-        if key.startswith(k):
-            return dict(DEFAULTS[k])
-    return dict(DEFAULTS["default"])
+    """Default ``mpp`` (None = native), ``tile_size`` and ``overlap`` for a modality
+    (without a model: :func:`~napari_biomedparse.inference.application.application_defaults`
+    gives a model's)."""
+    return dict(DEFAULTS[modality_key(modality)])
 
 
 @dataclass(frozen=True)
