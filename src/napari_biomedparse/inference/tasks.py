@@ -46,6 +46,7 @@ from .existence import DEFAULT_P_THRESHOLD, TargetDistribution, existence_p_valu
 from .instances import instance_table, relabel_sequential, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .objects import TABLE_COLUMNS, empty_table
+from .postprocess import instance_defaults
 from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
 from .progress import Cancelled, check_cancel, report, with_prefix
 from .prompts import parse_prompts
@@ -456,8 +457,10 @@ def _concat(tables, columns) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)[columns]
 
 
-def _split_kwargs(min_size, min_distance, split_params) -> dict:
-    kw = dict(split_params or {})
+def _split_kwargs(min_size, min_distance, split_params, mpp=None) -> dict:
+    """Splitting arguments: the shared defaults in microns (:mod:`.postprocess`, when the
+    pixel size is known), then ``split_params``, then ``min_size`` / ``min_distance``."""
+    kw = {**instance_defaults(mpp), **(split_params or {})}
     if min_size is not None:
         kw["min_size"] = min_size
     if min_distance is not None:
@@ -503,8 +506,10 @@ def detect(
         mask_threshold: probability threshold of the masks (official: 0.5).
         target_dist: "model" (the model's ``metadata["target_dist"]``, falling back to the
             official v1 statistics), a :class:`~.existence.TargetDistribution`, a dict, a path.
-        min_size, min_distance: instance splitting parameters in pixels (None = size-aware
-            defaults); ``split_params`` passes any other :func:`split_instances` argument.
+        min_size, min_distance: instance splitting parameters in pixels (None: with ``mpp``
+            the shared defaults in microns of :mod:`.postprocess`, as in the slide engine,
+            else size-aware defaults); ``split_params`` passes any other
+            :func:`split_instances` argument.
         mpp: pixel size in microns (fills ``area_um2``; a tiled model with its own ``mpp`` sees
             the image rescaled to it, as in :func:`segment`).
         progress, cancel: as in :func:`segment`.
@@ -515,7 +520,7 @@ def detect(
     prompts = parse_prompts(prompts)
     it = normalize_modality(modality, site)
     td = _resolve_target_dist(predictor, target_dist)
-    kw = _split_kwargs(min_size, min_distance, split_params)
+    kw = _split_kwargs(min_size, min_distance, split_params, mpp)
     in_vocab = np.array([is_in_vocabulary(p, it, model=_model(predictor)) for p in prompts])
     st = strategy(predictor)
     image, _ = _prepare(image, channel_axis)
@@ -673,7 +678,9 @@ def recognize(
         p_threshold: existence threshold; None or 0 = no filtering.
         target_dist: as in :func:`detect`.
         batch_size: prompts per model call (coupled in one call, as the official batches).
-        min_size, min_distance, split_params: instance splitting parameters (pixels).
+        min_size, min_distance, split_params: instance splitting parameters (pixels); with
+            ``mpp`` the defaults are the shared ones in microns (:mod:`.postprocess`:
+            ``MIN_AREA_UM2``, ``NUCLEUS_RADIUS_UM``), as in the slide engine.
         mpp: pixel size in microns (fills ``area_um2``; a tiled model with its own ``mpp`` sees
             the image rescaled to it, as in :func:`segment`).
         progress, cancel: as in :func:`segment`.
@@ -689,7 +696,7 @@ def recognize(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     td = _resolve_target_dist(predictor, target_dist)
-    kw = _split_kwargs(min_size, min_distance, split_params)
+    kw = _split_kwargs(min_size, min_distance, split_params, mpp)
     in_vocab = np.array([is_in_vocabulary(t, it, model=_model(predictor)) for t in targets])
     st = strategy(predictor)
     image, _ = _prepare(image, channel_axis)

@@ -30,6 +30,7 @@ import numpy as np
 
 from napari_biomedparse.errors import BiomedParseError, ResultExistsError
 from napari_biomedparse.inference.loading import load_predictor, model_fingerprint
+from napari_biomedparse.inference.postprocess import MIN_AREA_UM2, TISSUE_MASK
 
 from . import finalise, stages
 from . import plan as _plan
@@ -126,7 +127,7 @@ def process_slide(
     tile_size: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
-    tissue_mask: bool = True,
+    tissue_mask: bool = TISSUE_MASK,
     resume: bool = True,
     overwrite: bool = False,
     progress=None,
@@ -136,7 +137,7 @@ def process_slide(
     slide_mpp: float | None = None,
     device: str | None = None,
     instances: str = "split",
-    min_area_um2: float = 8.0,
+    min_area_um2: float = MIN_AREA_UM2,
     readers: int = 2,
     keep_tiles: bool = False,
 ) -> SlideResult:
