@@ -125,6 +125,7 @@ def to_rgb_uint8(tile: np.ndarray, intensity_range: tuple[float, float] | None) 
     if tile.dtype != np.uint8 or intensity_range is not None:
         lo, hi = intensity_range if intensity_range is not None else (0.0, 255.0)
         t = (tile.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6))
+        t = np.nan_to_num(t, nan=0.0, posinf=255.0, neginf=0.0)  # NaN / inf pixels: defined
         tile = np.clip(np.rint(t), 0, 255).astype(np.uint8)
     c = tile.shape[2]
     if c == 1:
