@@ -32,7 +32,7 @@ from napari_biomedparse.errors import BiomedParseError, ResultExistsError
 from napari_biomedparse.inference.loading import load_predictor, model_fingerprint
 from napari_biomedparse.inference.postprocess import MIN_AREA_UM2, TISSUE_MASK
 
-from . import finalise, stages
+from . import finalise, global_rule, stages
 from . import plan as _plan
 from .executors import LocalExecutor
 from .lock import hold_output_lock
@@ -226,6 +226,14 @@ def process_slide(
     blend = [stages.BlendUnit(str(store), grid, r, P, plan.recognize) for r in rows]
     executor.map(stages.blend_task, blend, label="blending", **run)
     prog.advance(nb)
+    rule = None
+    if plan.recognize:  # the official rule's global part over the whole slide (global_rule.py)
+        m_meta = getattr(getattr(predictor, "model", predictor), "metadata", None) or {}
+        rule = global_rule.apply_official_rule(
+            group, image, grid, plan.prompts, modality=plan.modality,
+            target_dist=m_meta.get("target_dist"), fill=plan.fill,
+            intensity_range=plan.intensity_range, cancel=cancel,
+        )  # fmt: skip
 
     n_cut, n_levels, offsets = 0, 1, None
     if plan.recognize:
@@ -263,6 +271,7 @@ def process_slide(
         "resumed": bool(resumed),
         "notes": list(plan.notes),
         "pyramid_levels": n_levels,
+        "recognition": rule,
     }
     write_meta(group, meta)
     final = finalize_store(out, overwrite=overwrite)

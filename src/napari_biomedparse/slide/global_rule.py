@@ -1,0 +1,111 @@
+"""The official recognition rule over a whole slide: the class map of the blended probabilities.
+
+After blending, ``probs/0`` holds the slide's probabilities at the target pixel size. The
+official rule's global part (existence p-value per target over the image the user asked about,
+the image-wide suppression and area rule) is computed from per-chunk sums in three passes
+(:mod:`napari_biomedparse.inference.chunked_recognition`) and ``classes/0`` is rewritten with
+the result; the existence statistics use the slide's RGB read at the same pixels. Equal to
+:func:`~napari_biomedparse.inference.recognition.recognize_maps` on the whole slide at once
+(``tests/test_slide_global_rule.py``). The class-agnostic ``nuclei`` target beside classes
+takes no part in the rule and keeps the pixels no surviving class holds, as in
+:func:`~napari_biomedparse.slide.stitching.class_map`.
+
+A model without existence statistics (``metadata["target_dist"]`` absent) gets NaN p-values
+(not testable: nothing is filtered, the suppression and area rule still apply).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from napari_biomedparse.inference.chunked_recognition import (
+    ChunkStats,
+    assigned_counts,
+    chunk_class_map,
+    chunk_stats,
+    decide,
+    survivors,
+)
+from napari_biomedparse.inference.recognition import agnostic_index
+
+from .tiling import TileGrid, to_rgb_uint8
+
+__all__ = ["apply_official_rule", "read_output_rgb"]
+
+
+def read_output_rgb(image, grid: TileGrid, y0, x0, y1, x1, *, fill=255, intensity_range=None):
+    """RGB uint8 ``(y1-y0, x1-x0, 3)`` of an output-pixel rectangle (at ``grid.target_mpp``),
+    read from the nearest finer level and resampled as tiles are (PIL bilinear)."""
+    from PIL import Image
+
+    s = grid.scale
+    lv = image.level_for_downsample(s)
+    f = s / image.downsamples[lv]
+    ly0, lx0 = int(math.floor(y0 * f + 1e-6)), int(math.floor(x0 * f + 1e-6))
+    lh, lw = max(1, int(round((y1 - y0) * f))), max(1, int(round((x1 - x0) * f)))
+    rgb = to_rgb_uint8(image.read_region(ly0, lx0, lh, lw, level=lv, fill=fill), intensity_range)
+    if rgb.shape[:2] != (y1 - y0, x1 - x0):
+        rgb = np.asarray(Image.fromarray(rgb).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
+    return rgb
+
+
+def apply_official_rule(
+    group,
+    image,
+    grid: TileGrid,
+    prompts,
+    *,
+    modality,
+    target_dist=None,
+    p_threshold: float | None = 0.05,
+    fill: int = 255,
+    intensity_range=None,
+    cancel=None,
+) -> dict:
+    """Rewrite ``classes/0`` of a blended store with the full official rule.
+
+    Returns ``{"p_values": [P floats, NaN = not testable], "kept": [target names]}``.
+    """
+    from .store import RunCancelled
+
+    probs, classes = group["probs/0"], group["classes/0"]
+    prompts = list(prompts)
+    C = probs.chunks[1]
+    H, W = grid.shape
+    boxes = [(y, x, min(y + C, H), min(x + C, W)) for y in range(0, H, C) for x in range(0, W, C)]
+    agn = agnostic_index(prompts)
+
+    def check():
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled("cancelled while applying the recognition rule")
+
+    stats = ChunkStats.zeros(len(prompts))
+    for y0, x0, y1, x1 in boxes:
+        check()
+        q = np.asarray(probs[:, y0:y1, x0:x1])
+        rgb = None
+        if target_dist is not None:
+            rgb = read_output_rgb(image, grid, y0, x0, y1, x1, fill=fill,
+                                  intensity_range=intensity_range)  # fmt: skip
+        stats = stats + chunk_stats(q, rgb)
+    pv = None if target_dist is not None else np.full(len(prompts), np.nan)
+    dec = decide(stats, prompts, modality=modality, target_dist=target_dist, p_values=pv,
+                 p_threshold=p_threshold)  # fmt: skip
+    assigned = np.zeros(len(dec.kept), np.int64)
+    for y0, x0, y1, x1 in boxes:
+        check()
+        assigned += assigned_counts(np.asarray(probs[:, y0:y1, x0:x1]), dec.kept)
+    surv = survivors(stats, dec.kept, assigned)
+    present: set[int] = set()
+    for y0, x0, y1, x1 in boxes:
+        check()
+        q = np.asarray(probs[:, y0:y1, x0:x1])
+        cmap = chunk_class_map(q, dec.kept, surv)
+        if agn is not None:
+            cmap[(cmap == 0) & (q[agn] > 127)] = agn + 1
+        present.update(int(v) - 1 for v in np.unique(cmap) if v > 0)
+        classes[y0:y1, x0:x1] = cmap.astype(np.uint8)
+    kept = [prompts[i] for i in range(len(prompts)) if i in present]
+    return {"p_values": [float(v) for v in dec.p_values], "kept": kept}
