@@ -207,6 +207,10 @@ def run(args) -> int:
     from .tiling import defaults_for
 
     slides = expand_sources(args.slides)
+    if args.out_dir and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        from napari_biomedparse.errors import InvalidInputError
+
+        raise InvalidInputError(f"-o {args.out_dir} is a file; give a folder for the results")
     predictor = loading.load_predictor(args.model, args.device)
     if args.precision != "fp32" or args.compile or args.fast_gpu:
         tile = args.tile_size or int(defaults_for(args.modality)["tile_size"])

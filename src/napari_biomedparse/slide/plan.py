@@ -247,7 +247,7 @@ def plan_slide(
             f"the slide ({H} x {W} px at {target:g} um/px) is smaller than one tile "
             f"({T} px); it is processed as one padded tile"
         )
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=4)  # plan_slide <- process_slide <- lock wrapper <- caller
         notes.append(msg)
     names = resolve_prompts(prompts, modality, predictor)
     if batch_size is None:
