@@ -331,3 +331,28 @@ def test_full_disk_during_export_fails_once_leaves_nothing_and_batch_goes_on(
     monkeypatch.setattr(builtins, "open", real_open)
     assert main(["slide", str(d), "-o", str(out), *FAST, "--geojson"]) == 0
     assert (out / "a.svs.biomedparse.geojson").exists()
+
+
+def test_resume_of_a_zarr_whose_pixels_changed_is_refused(tmp_path):
+    import zarr
+
+    src = tmp_path / "img.zarr"
+    import tifffile
+
+    _tiff(tmp_path / "a.tif", 5)
+    data = tifffile.imread(tmp_path / "a.tif")
+    z = zarr.open_array(str(src), mode="w", shape=data.shape, dtype="uint8", chunks=(256, 256, 3))
+    z[...] = data
+    out = tmp_path / "run.zarr"
+    cancel = threading.Event()
+
+    def progress(done, total, msg):
+        if msg.startswith("tiles") and done >= 4:
+            cancel.set()
+
+    kw = dict(mpp=0.5, slide_mpp=0.5, batch_size=1, tissue_mask=False)
+    with pytest.raises(RunCancelled):
+        _quick(src, out, progress=progress, cancel=cancel, **kw)
+    z[300:400, 300:400] = 0  # same metadata, other pixels
+    with pytest.raises(SourceChangedError, match="content"):
+        _quick(src, out, **kw)
