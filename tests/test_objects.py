@@ -193,3 +193,19 @@ def test_napari_writer_exports_from_memory(tmp_path, monkeypatch):
     assert [f["properties"]["classification"]["name"] for f in gj["features"]] == ["nuclei", "=bad"]
     out = write_labels(str(tmp_path / "x.csv"), labels, {"features": feats, "name": "x"})
     assert pd.read_csv(out[0])["class"].tolist() == ["nuclei", "'=bad"]
+
+
+def test_summary_keeps_the_unclassified_class_of_a_kept_nuclei_target():
+    from napari_biomedparse.inference.results import Recognition
+
+    z = np.zeros((2, 2), np.int32)
+    r = Recognition(
+        labels=z,
+        classes=z,
+        class_names=["neoplastic cells", "unclassified nuclei", "dead cells"],
+        kept=["neoplastic cells", "nuclei"],
+        table=empty_table(),
+        probs=np.zeros((3, 2, 2), np.float32),
+        p_values=np.array([0.5, np.nan, 0.01]),
+    )
+    assert r.summary()["kept"].tolist() == [True, True, False]

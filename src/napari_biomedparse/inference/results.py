@@ -47,6 +47,14 @@ def _per_prompt(p_values) -> np.ndarray:
     return pv
 
 
+def _kept(class_name: str, kept) -> bool:
+    """Whether the target behind a class survived the official rules (the class-agnostic
+    target is named "unclassified nuclei" as a class beside others, :mod:`.recognition`)."""
+    from .recognition import CLASS_AGNOSTIC, UNCLASSIFIED
+
+    return class_name in kept or (class_name == UNCLASSIFIED and CLASS_AGNOSTIC in kept)
+
+
 def _qupath(ring: np.ndarray) -> np.ndarray:
     """Outline vertices (pixel centres at integers) -> QuPath's convention (+0.5 in y, x)."""
     ring = np.array(ring, dtype=np.float64)
@@ -194,7 +202,7 @@ class Recognition(_Exports):
             {
                 "class": list(self.class_names),
                 "p_value": pv,
-                "kept": [n in self.kept for n in self.class_names],
+                "kept": [_kept(n, self.kept) for n in self.class_names],
                 "in_vocabulary": np.asarray(voc if voc is not None else [True] * len(pv), bool),
                 "n_instances": [int(counts[n]) for n in self.class_names],
             }
