@@ -135,7 +135,7 @@ if [[ $DRY == 1 ]]; then
         --dtypes fp32,bf16 "${COMPILE[@]}" --repeats 1 --decode-repeats 1 --prompts 1,4 \
         --batch 2 --threads 2 --no-write --json "$OUT/model.json"
 else
-    step model 200 "$OUT/model.txt" "$PY" benchmarks/bench_model.py --device cuda --config v1 \
+    step model 180 "$OUT/model.txt" "$PY" benchmarks/bench_model.py --device cuda --config v1 \
         --dtypes fp32,bf16 --compile --compile-dtypes bf16 --repeats 3 --decode-repeats 3 \
         --prompts 1,4 --batch 16 --no-write --json "$OUT/model.json"
 fi
@@ -145,7 +145,7 @@ if [[ $DRY == 1 ]]; then
     step slide 300 "$OUT/slide.txt" "$PY" benchmarks/bench_device_slide.py --device cpu \
         --dry-run --size 384 --dtype fp32 --readers 2 --json "$OUT/slide.json"
 else
-    step slide 150 "$OUT/slide.txt" "$PY" benchmarks/bench_device_slide.py --device cuda \
+    step slide 170 "$OUT/slide.txt" "$PY" benchmarks/bench_device_slide.py --device cuda \
         --workdir /tmp/nbp-devslide --json "$OUT/slide.json"
 fi
 
