@@ -304,3 +304,14 @@ def test_scheduler_probe_accepts_a_real_scheduler():
         n_workers=0, processes=False, dashboard_address=None, host="127.0.0.1", protocol="tcp://"
     ) as c:
         probe_scheduler(c.scheduler_address, timeout=5)
+
+
+def test_segment_in_memory_refuses_what_cannot_fit(monkeypatch):
+    import napari_biomedparse.inference.validate as validate
+    from napari_biomedparse import Predictor, load_model
+
+    pred = Predictor(load_model("default"), device="cpu")
+    monkeypatch.setattr(validate, "_available_bytes", lambda: 4 << 20)  # 4 MiB free
+    rgb = np.full((512, 512, 3), 200, np.uint8)
+    with pytest.raises(InvalidInputError, match="GiB in memory.*slide engine"):
+        pred.segment(rgb, ["nuclei", "stroma", "tumour"], modality="pathology")

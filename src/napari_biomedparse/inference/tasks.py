@@ -54,6 +54,7 @@ from .recognition import class_names as recognition_class_names
 from .recognition import recognize_maps
 from .results import Detection, Recognition
 from .tiled import inference_spec, predict_tiled, rescale_factor, rescale_rgb, resize_probs
+from .validate import check_in_memory
 
 __all__ = ["Cancelled", "Strategy", "detect", "recognize", "segment", "strategy"]
 
@@ -217,6 +218,8 @@ def _tiled_probs(predictor, rgb, prompts, spec, joint, mpp, progress, cancel) ->
     image's ``mpp`` is given."""
     f = rescale_factor(mpp, spec["mpp"])
     x = rescale_rgb(rgb, f) if f else rgb
+    # refuse what cannot fit, warn (offering the slide engine) when it will take long
+    check_in_memory(x.shape[0], x.shape[1], len(prompts), tile=int(predictor.input_size))
     # tiles of the model input size (what predict_batch takes); the declared tile_size records
     # the training tiles, which may differ (the network is fully convolutional)
     probs = predict_tiled(

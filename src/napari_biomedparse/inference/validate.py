@@ -120,6 +120,14 @@ def check_prompt_text(prompt: str) -> str:
 
 
 def _available_bytes() -> int:
+    """Memory available to a new allocation (Linux ``MemAvailable``: free + reclaimable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
