@@ -255,6 +255,8 @@ def _predict_2d(
     """
     arr = np.asarray(image2d)
     if st.tiled is None:
+        if arr.ndim >= 2:  # (P, H, W) maps at the image's size: refuse what cannot fit
+            check_in_memory(arr.shape[0], arr.shape[1], len(prompts), tile=1 << 30)
         rgb, info = preprocess(arr, it, channels=channels, size=st.input_size)
         sq = _whole_batches(predictor, rgb, prompts, joint, batch_size, progress, cancel)
         return _Maps(rgb, sq, unpad(sq, info))
