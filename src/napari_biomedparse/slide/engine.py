@@ -254,7 +254,7 @@ def process_slide(
 
     if not keep_tiles:  # raw tile outputs are only needed until blending is done
         shutil.rmtree(store / "tiles" / "probs", ignore_errors=True)
-    per_class = finalise.write_tables(store, nb, offsets, grid, plan.prompts, plan.recognize)
+    per_class = finalise.write_tables(store, nb, offsets, grid, _class_names(plan), plan.recognize)
     meta = read_meta(group)
     meta["status"] = "complete"
     meta["summary"] = {
