@@ -57,8 +57,8 @@ def _scroll(widget, top: bool) -> None:
     from qtpy.QtWidgets import QScrollArea
 
     area = widget.native
-    if not isinstance(area, QScrollArea):
-        area = area.findChild(QScrollArea)
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parent()  # magicgui puts the scrollable container inside a QScrollArea
     bar = area.verticalScrollBar()
     bar.setValue(bar.minimum() if top else bar.maximum())
 

@@ -76,6 +76,12 @@ def test_segment_instances_rerun_replace_and_add(make_napari_viewer, qtbot, plug
     assert set(shapes[0].shape_type) <= {"rectangle"}
     inst = viewer.layers["he neoplastic cells instances"]
     _check_instances(inst)
+    # the results view counts the objects of both prompts' layers; its table shows either
+    other = viewer.layers["he my free text target instances"]
+    assert sum(w.results.counts_by_class.values()) == len(inst.features) + len(other.features)
+    assert w.results.which.choices == (inst.name, other.name) and not _hidden(w.results.which)
+    w.results.which.value = other.name
+    assert w.results.labels_layer is other and len(w.results._rows) == len(other.features)
     assert set(inst.features["class"].astype(str)) <= {"neoplastic cells"}
     # aligned with the image
     np.testing.assert_allclose(inst.scale, [0.5, 0.5])
@@ -346,7 +352,9 @@ def test_unavailable_device_says_what_to_do():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(RuntimeError, match="choose device 'auto' or 'cpu' in the Model widget"):
+    from napari_biomedparse.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="use the device cpu or auto"):
         load_predictor(ModelSpec(device="cuda"))
 
 
@@ -371,11 +379,11 @@ def test_every_widget_docks_through_the_manifest(make_napari_viewer, plugin_mode
     layer.name = "renamed"
     assert [lay.name for lay in rec.image.choices] == ["renamed"]
     # the bundled model's pathology vocabulary, in full; not the official list
-    assert set(rec.targets.value.split(", ")) == {
-        "connective tissue cells",
-        "inflammatory cells",
-        "neoplastic cells",
-    }
+    from napari_biomedparse.hub import DEFAULT_WEIGHTS
+    from napari_biomedparse.model.checkpoint import read_checkpoint_metadata
+
+    expected = read_checkpoint_metadata(DEFAULT_WEIGHTS)["vocabulary"]["pathology"]
+    assert rec.targets.value.split(", ") == list(expected)
     assert "epithelial cells" not in rec.targets.value
     assert "epithelial cells" not in seg.vocabulary.choices
     viewer.layers.remove(layer)

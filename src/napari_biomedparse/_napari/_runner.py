@@ -55,6 +55,8 @@ class RunControls(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # long messages must not widen the dock
+        self.status.native.setMinimumWidth(120)  # wrapped text: its length sets no width
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
@@ -154,6 +156,8 @@ class RunControls(Container):
             if total > 0 and pbar.total != total:
                 pbar.total = total
             step = min(done, total) - pbar.n if total > 0 else 0
+            if step < 0:  # a new stage (model loading, then tiles, ...) counts from 0 again
+                pbar.n, step = 0, min(done, total)
             if step > 0:
                 pbar.update(step)
             desc = f"{self._description}: {message}" if message else self._description

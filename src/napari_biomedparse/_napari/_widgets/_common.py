@@ -144,21 +144,24 @@ def vocabulary(modality: str, site: str | None) -> list[str]:
 def slide_defaults(modality: str) -> dict:
     """What the slide engine uses when nothing is given, for the current model and
     ``modality``: ``{"mpp": float | None (None = the image's own resolution), "tile_size",
-    "overlap"}`` (pixels at that resolution). A tile-trained model (``metadata["inference"]``
-    mode "tiled") brings its own tile size, overlap and, for modalities processed at a
-    physical pixel size, its training pixel size."""
-    from napari_biomedparse.slide.tiling import defaults_for
+    "overlap"}`` (pixels at that resolution), from the one resolver of application defaults
+    (:func:`napari_biomedparse.inference.application.application_defaults`: the model's
+    ``metadata["inference"]`` first, the modality's defaults second)."""
+    from napari_biomedparse.inference.application import application_defaults
 
     from .._model_state import MODEL
 
-    d = defaults_for(modality)
-    spec = MODEL.metadata().get("inference") or {}
-    if spec.get("mode") == "tiled":
-        d["tile_size"] = int(spec.get("tile_size") or d["tile_size"])
-        d["overlap"] = int(spec.get("overlap", d["overlap"]))
-        if d["mpp"] is not None and spec.get("mpp"):
-            d["mpp"] = float(spec["mpp"])
-    return d
+    meta = dict(MODEL.metadata())
+    cfg = meta.pop("config", None)
+    if cfg is not None and getattr(cfg, "input_size", None):
+        meta["input_size"] = int(cfg.input_size)
+    elif MODEL.model is not None:
+        meta["input_size"] = int(MODEL.model.config.input_size)
+    try:
+        spec = application_defaults(meta, modality)
+    except ValueError:  # a checkpoint with malformed metadata: the modality's defaults
+        spec = application_defaults({}, modality)
+    return {"mpp": spec.mpp, "tile_size": int(spec.tile_size), "overlap": int(spec.overlap)}
 
 
 def sites(modality: str) -> list[str]:
@@ -167,7 +170,29 @@ def sites(modality: str) -> list[str]:
     return list(SITES.get(modality, ()))
 
 
-class ModalitySiteForm:
+class ScrollableForm:
+    """Mixin of the docked widgets (magicgui Containers built with ``scrollable=True``):
+    napari docks a widget's ``native``, which for a scrollable Container is the inner form, so
+    the scroll area would be left out; here ``native`` is the scroll area itself, and a form
+    taller or wider than the dock scrolls instead of squeezing the canvas."""
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    def _fit_dock(self, width: int = 300) -> None:
+        """Call at the end of ``__init__``: the dock is at most ``width`` px wide and may
+        shrink to 180 px (narrower than the form: it scrolls sideways too), so that a small
+        window keeps room for the canvas."""
+        from qtpy.QtCore import Qt
+
+        area = self.root_native_widget
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        area.setMinimumWidth(180)
+        area.setMaximumWidth(max(width, 180))
+
+
+class ModalitySiteForm(ScrollableForm):
     """Mixin of the Segment and Recognize widgets (attributes ``viewer``, ``settings_key`` and
     the fields ``image``, ``modality``, ``site``, ``scope``, ``on_rerun``, ``run``,
     ``results``): the site

@@ -12,16 +12,16 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 from .._model_state import DEVICES, MODEL, PRECISIONS, ModelSpec
 from .._runner import RunControls
 from .._settings import remember, restore
-from ._common import on_main_thread
+from ._common import ScrollableForm, on_main_thread
 
 SOURCE_CHOICES = [
     ("default (bundled, offline)", "default"),
-    ("BiomedParse v1 (cache or hub)", "biomedparse-v1"),
+    ("BiomedParse v1", "biomedparse-v1"),
     ("checkpoint file", "checkpoint"),
 ]
 
 
-class ModelWidget(Container):
+class ModelWidget(ScrollableForm, Container):
     """Choose and load the model the other widgets use."""
 
     settings_key = "model"
@@ -29,6 +29,11 @@ class ModelWidget(Container):
     def __init__(self, napari_viewer=None):
         self.viewer = napari_viewer
         self.source = ComboBox(choices=SOURCE_CHOICES, value="default", label="model")
+        self.source.tooltip = (
+            "default: the small model inside the package (offline); BiomedParse v1: the "
+            "official weights from the cache, a local file or the Hugging Face hub; "
+            "checkpoint file: any .safetensors / .pt"
+        )
         self.checkpoint = FileEdit(
             mode="r", value="", filter="*.pt *.pth *.ckpt *.safetensors", label="checkpoint"
         )
@@ -36,8 +41,11 @@ class ModelWidget(Container):
         self.precision = ComboBox(choices=list(PRECISIONS), value="float32", label="precision")
         self.cache_dir = FileEdit(mode="d", value="", label="weights cache")
         self.cache_dir.tooltip = "Where downloaded official weights are kept (empty = default)."
+        for edit in (self.checkpoint, self.cache_dir):
+            edit.choose_btn.text = "..."  # narrow: the dock must leave room for the canvas
         self.loaded = Label(value="not loaded yet (loads on first run)", label="current")
         self.loaded.native.setWordWrap(True)
+        self.loaded.native.setMinimumWidth(120)  # wrapped text: its length sets no width
         self.run = RunControls("Load model")
         super().__init__(
             scrollable=True,
@@ -66,6 +74,7 @@ class ModelWidget(Container):
         self.run.run_button.changed.connect(self.start)
         self._sync()
         self._show_loaded()
+        self._fit_dock()
         # another widget's run (or a script) may load the model: the shared state is evented
         self._on_model_changed = on_main_thread(lambda *_: self._show_loaded())
         MODEL.changed.connect(self._on_model_changed)

@@ -36,6 +36,7 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.targets = Label(value="", label="targets")
         self.targets.native.setWordWrap(True)  # the whole vocabulary, on several lines
+        self.targets.native.setMinimumWidth(120)  # wrapped text: its length sets no width
         self.p_threshold = FloatSpinBox(
             value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
         )
@@ -81,6 +82,7 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.run.run_button.changed.connect(self.start)
         self._watch_model()
         self._sync()
+        self._fit_dock()
 
     def _site_changed(self, *_):
         voc = vocabulary(self.modality.value, self.site.value or None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, PushButton, Table
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
@@ -30,23 +30,34 @@ class ResultsView(Container):
 
     def __init__(self, viewer, default_folder: str = ""):
         self.viewer = viewer
-        self.counts = Label(value="no results yet", label="objects")
+        self.counts = Label(value="objects: no results yet")
         self.counts.native.setWordWrap(True)
+        self.counts.native.setMinimumWidth(120)  # wrapped text: its length sets no width
         self.table = Table(value={"index": [], "class": []})
         self.table.read_only = True
         self.table.native.setMinimumHeight(140)
         self.table.native.setMaximumHeight(260)
         self.table.native.verticalHeader().setVisible(False)  # "index" is the object's label
+        self.which = ComboBox(choices=[""], label="table of", visible=False)
         self.folder = FileEdit(mode="d", value=default_folder, label="export to")
-        self.export_geojson = PushButton(text="Export GeoJSON (QuPath)")
-        self.export_csv = PushButton(text="Export CSV")
+        self.folder.choose_btn.text = "..."  # narrow: the dock must leave room for the canvas
+        self.export_geojson = PushButton(text="GeoJSON (QuPath)")
+        self.export_geojson.tooltip = "Export the objects as QuPath GeoJSON into 'export to'."
+        self.export_csv = PushButton(text="CSV")
+        self.export_csv.tooltip = "Export the objects table as CSV into 'export to'."
         buttons = Container(
             widgets=[self.export_geojson, self.export_csv], layout="horizontal", labels=False
         )
         buttons.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[self.counts, self.table, self.folder, buttons])
+        self.folder.tooltip = "Export to this folder."
+        self.which.tooltip = "Which instance layer the table shows (one per prompt)."
+        # no label column of its own: nested in a labelled form it would widen the dock
+        super().__init__(
+            widgets=[self.counts, self.which, self.table, self.folder, buttons], labels=False
+        )
         self.margins = (0, 0, 0, 0)
         self.labels_layer: Labels | None = None
+        self._instances: list[Labels] = []
         self.shapes_layer: Shapes | None = None
         self._rows: np.ndarray = np.zeros(0, dtype=np.int64)  # label of each table row
         self._syncing = False
@@ -54,6 +65,7 @@ class ResultsView(Container):
         self.table.native.itemSelectionChanged.connect(self._row_selected)
         self.export_geojson.changed.connect(lambda *_: self.export(".geojson"))
         self.export_csv.changed.connect(lambda *_: self.export(".csv"))
+        self.which.changed.connect(self._show_layer)
 
     def _set_enabled(self, on: bool) -> None:
         self.export_geojson.enabled = on
@@ -62,35 +74,49 @@ class ResultsView(Container):
     # -- showing a result
     def show(self, layers) -> None:
         """Show the result among ``layers`` (the layers a run added): its instance Labels
-        layer (features with ``class``) and Shapes layer."""
-        self.labels_layer = next(
-            (
-                lay
-                for lay in layers
-                if isinstance(lay, Labels)
-                and lay.metadata.get("biomedparse", {}).get("kind") == "instances"
-            ),
-            None,
-        )
+        layers (features with ``class``; Segment makes one per prompt: the counts cover all,
+        the table shows the one chosen in **table of**) and its Shapes layer."""
+        self._instances = [
+            lay
+            for lay in layers
+            if isinstance(lay, Labels)
+            and lay.metadata.get("biomedparse", {}).get("kind") == "instances"
+        ]
         self.shapes_layer = next((lay for lay in layers if isinstance(lay, Shapes)), None)
-        lab = self.labels_layer
-        if lab is None:
-            self.counts.value = "no objects in this result (probabilities or masks only)"
+        names = [lay.name for lay in self._instances]
+        self.which.choices = names or [""]
+        self.which.visible = len(names) > 1
+        if not self._instances:
+            self.labels_layer = None
+            self.counts.value = "objects: none in this result (probabilities or masks only)"
             self.table.value = {"index": [], "class": []}
             self._rows = np.zeros(0, dtype=np.int64)
             self._set_enabled(False)
             return
+        counts = self.counts_by_class
+        total = sum(counts.values())
+        self.counts.value = f"{total} objects" + (
+            ": " + ", ".join(f"{name} {n}" for name, n in counts.items()) if total else ""
+        )
+        for lay in self._instances:
+            lay.mouse_drag_callbacks.append(self._canvas_clicked)
+            lay.events.selected_label.connect(self._label_selected)
+        self.which.value = names[0]
+        self._show_layer()
+
+    def _show_layer(self, *_) -> None:
+        """Fill the table with the objects of the instance layer chosen in **table of**."""
+        lab = next((lay for lay in self._instances if lay.name == self.which.value), None)
+        self.labels_layer = lab
+        if lab is None:
+            return
         feats = lab.features
-        if len(feats) == 0:
-            self.counts.value = "0 objects"
-        else:
-            counts = feats["class"].astype(str).value_counts()
-            self.counts.value = f"{len(feats)} objects: " + ", ".join(
-                f"{name} {n}" for name, n in counts.items()
-            )
         shown = feats[[c for c in COLUMNS if c in feats.columns]].head(MAX_ROWS)
-        if len(feats) > MAX_ROWS:
-            self.counts.value += f" (table shows the first {MAX_ROWS}; exports have all)"
+        self.table.tooltip = (
+            f"the first {MAX_ROWS} of {len(feats)} objects (exports have all)"
+            if len(feats) > MAX_ROWS
+            else ""
+        )
         self._rows = shown["index"].to_numpy().astype(np.int64) if len(shown) else self._rows[:0]
         shown = shown.copy()
         for c in shown.columns:
@@ -99,15 +125,16 @@ class ResultsView(Container):
         self.table.value = shown.astype({"class": str}) if len(shown) else shown
         self.table.native.resizeColumnsToContents()
         self._set_enabled(True)
-        lab.mouse_drag_callbacks.append(self._canvas_clicked)
-        lab.events.selected_label.connect(self._label_selected)
 
     @property
     def counts_by_class(self) -> dict[str, int]:
-        """{class: number of objects} of the result shown."""
-        if self.labels_layer is None or len(self.labels_layer.features) == 0:
-            return {}
-        return self.labels_layer.features["class"].astype(str).value_counts().to_dict()
+        """{class: number of objects} of the result shown (all its instance layers)."""
+        out: dict[str, int] = {}
+        for lay in getattr(self, "_instances", []):
+            if len(lay.features):
+                for name, n in lay.features["class"].astype(str).value_counts().items():
+                    out[name] = out.get(name, 0) + int(n)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     # -- table -> canvas
     @property
@@ -146,7 +173,11 @@ class ResultsView(Container):
                     camera.center = tuple(world[-2:])
             shp = self.shapes_layer
             if shp is not None and "index" in shp.features.columns:
-                idx = np.flatnonzero(shp.features["index"].to_numpy() == label)
+                hit_shape = shp.features["index"].to_numpy() == label
+                cls = feats["class"].astype(str).to_numpy()[hit] if len(hit) else []
+                if len(cls) and "class" in shp.features.columns:  # Segment: labels per prompt
+                    hit_shape &= shp.features["class"].astype(str).to_numpy() == cls[0]
+                idx = np.flatnonzero(hit_shape)
                 shp.selected_data = set(int(i) for i in idx)
                 shp.refresh()
             if not from_table:
@@ -167,6 +198,8 @@ class ResultsView(Container):
         if isinstance(value, tuple):  # multiscale: (level, value)
             value = value[-1]
         if value is not None and int(value) > 0:
+            if layer is not self.labels_layer and layer.name in self.which.choices:
+                self.which.value = layer.name
             self.select_object(int(value))
 
     def _label_selected(self, event=None) -> None:

@@ -111,6 +111,7 @@ class SegmentWidget(ModalitySiteForm, Container):
         self.run.run_button.changed.connect(self.start)
         self._watch_model()
         self._sync()
+        self._fit_dock()
 
     # -- form logic
     def _vocab_choices(self, *_):

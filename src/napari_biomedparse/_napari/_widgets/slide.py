@@ -29,6 +29,7 @@ from .._settings import remember, restore
 from ._common import (
     ADD,
     REPLACE,
+    ScrollableForm,
     add_result_layers,
     default_output_folder,
     layer_choice,
@@ -41,7 +42,7 @@ RECOGNIZE = "recognize all"
 PROMPTS = "prompts"
 
 
-class SlideWidget(Container):
+class SlideWidget(ScrollableForm, Container):
     """Run the tiled slide engine on a whole image and show its results lazily."""
 
     settings_key = "slide"
@@ -77,6 +78,8 @@ class SlideWidget(Container):
         self.result_view = ResultsView(napari_viewer, default_output_folder())
         self.results = FileEdit(mode="d", value="", label="earlier results")
         self.results.tooltip = "A <name>.biomedparse.zarr folder written by an earlier run."
+        for edit in (self.output_folder, self.results):
+            edit.choose_btn.text = "..."  # narrow: the dock must leave room for the canvas
         self.open_button = PushButton(text="Open results")
         super().__init__(
             scrollable=True,
@@ -127,6 +130,7 @@ class SlideWidget(Container):
         MODEL.changed.connect(self._on_model_changed)
         self.native.destroyed.connect(lambda *_: MODEL.changed.disconnect(self._on_model_changed))
         self.show_defaults()
+        self._fit_dock()
 
     def show_defaults(self, *_):
         """Fill pixel size, tile size and overlap with the current model's and modality's
