@@ -189,11 +189,20 @@ def rescale_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:
 
 
 def resize_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize (P, h, w) maps to (P, H, W) (linear interpolation, ``skimage.transform.resize``)."""
-    from skimage.transform import resize
-
+    """Resize probability maps ``(..., h, w)`` to ``(..., H, W)`` float32: bilinear (pixel
+    centres aligned), antialiased when shrinking. The one probability resize of the package
+    (tasks at another pixel size, slide tiles from the model input to the tile size; the
+    device path of ``inference.fast.FastPredictor`` does the same with torch on the device)."""
     probs = np.asarray(probs, np.float32)
-    if probs.shape[-2:] == tuple(shape):
+    shape = tuple(int(v) for v in shape)
+    if probs.shape[-2:] == shape:
         return probs
-    out = [resize(p, shape, order=1, preserve_range=True, anti_aliasing=False) for p in probs]
-    return np.stack(out).astype(np.float32)
+    import torch
+
+    lead = probs.shape[:-2]
+    t = torch.from_numpy(np.ascontiguousarray(probs.reshape(1, -1, *probs.shape[-2:])))
+    shrink = shape[0] < probs.shape[-2] or shape[1] < probs.shape[-1]
+    r = torch.nn.functional.interpolate(
+        t, size=shape, mode="bilinear", align_corners=False, antialias=shrink
+    )
+    return r.numpy().reshape(*lead, *shape)
