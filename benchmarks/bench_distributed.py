@@ -106,7 +106,9 @@ def cpu_scaling(workers: list[int], size: int, input_size: int, tile: int, batch
         client = Client(cluster)
         try:
             pred = resolve_predictor(str(model_path), "cpu")
-            register_model(client, pred, source=str(model_path), device="cpu")  # model loaded before timing
+            register_model(
+                client, pred, source=str(model_path), device="cpu"
+            )  # model loaded before timing
             t0 = time.perf_counter()
             res = process_slide(slide, tmp / f"w{n}.zarr", model=str(model_path), client=client,
                                 **kw)  # fmt: skip

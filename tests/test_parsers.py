@@ -59,7 +59,9 @@ def test_resolve_device_and_dtype():
     with pytest.raises(InvalidInputError, match="unknown device 'bogus'.*auto, cpu, cuda"):
         resolve_device("bogus")
     if not torch.cuda.is_available():
-        with pytest.raises(InvalidInputError, match="no usable CUDA GPU: use the device cpu or auto"):
+        with pytest.raises(
+            InvalidInputError, match="no usable CUDA GPU: use the device cpu or auto"
+        ):
             resolve_device("cuda")
     else:
         n = torch.cuda.device_count()

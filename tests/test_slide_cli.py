@@ -90,7 +90,10 @@ def test_cli_folder_resume_overwrite_and_summary(slides, tmp_path, capsys):
     )
     assert rc == 0
     meta = json.loads((res / "zarr.json").read_text())
-    assert meta["attributes"]["biomedparse_slide"]["class_names"] == ["unclassified nuclei", "other"]
+    assert meta["attributes"]["biomedparse_slide"]["class_names"] == [
+        "unclassified nuclei",
+        "other",
+    ]
 
 
 def test_cli_missing_pixel_size_message(tmp_path, monkeypatch, capsys):

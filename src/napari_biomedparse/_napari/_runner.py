@@ -105,7 +105,7 @@ class RunControls(Container):
                     return "cancelled", None
                 log.exception("%s failed", description)
                 return "error", exc
-            yield  # noqa: unreachable - makes this a generator function
+            yield  # never reached: makes _job a generator, so the worker has ``yielded``
 
         worker = create_worker(_job, _start_thread=False)
         box["worker"] = worker

@@ -239,8 +239,16 @@ def process_slide(
     if plan.recognize:
         (store / "blocks").mkdir(exist_ok=True)
         label = [
-            stages.LabelUnit(str(store), plan.layout, b, P, plan.halo, plan.max_halo,
-                             plan.min_area, plan.split_radius)  # fmt: skip
+            stages.LabelUnit(
+                str(store),
+                plan.layout,
+                b,
+                P,
+                plan.halo,
+                plan.max_halo,
+                plan.min_area,
+                plan.split_radius,
+            )  # fmt: skip
             for b in range(nb)
         ]
         executor.map(stages.label_task, label, label="instances", threads=readers, **run)
@@ -313,6 +321,7 @@ class SlideUnit:
 def slide_task(unit: SlideUnit, env):
     """Run one slide with ``env``'s model; returns its result path (or, with ``catch``, the
     error of a slide that cannot be processed)."""
+
     def progress(done, total, message):
         env.report(int(1000 * done / max(total, 1)))
 
@@ -374,7 +383,9 @@ def process_slides(
         for i in todo:
             if not isinstance(sources[i], SlideImage):
                 executor.check_visible(sources[i].resolve(), "the slide")
-        executor.check_visible(Path(out_dir or dests[todo[0]].parent).resolve(), "the output folder")
+        executor.check_visible(
+            Path(out_dir or dests[todo[0]].parent).resolve(), "the output folder"
+        )
         units = [
             SlideUnit(sources[i] if isinstance(sources[i], SlideImage) else str(sources[i].resolve()),
                       str(dests[i].resolve()), kwargs, on_error == "continue")
