@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..inference.progress import Cancelled
+
 __all__ = [
     "FORMAT_VERSION",
     "RunCancelled",
@@ -50,8 +52,11 @@ FORMAT_VERSION = 1
 ATTR = "biomedparse_slide"
 
 
-class RunCancelled(Exception):
-    """The run was cancelled; finished work is kept in ``<out>.partial`` for a resume."""
+class RunCancelled(Cancelled):
+    """A slide run was cancelled; finished work is kept in ``<out>.partial`` for a resume.
+
+    A :class:`~..inference.progress.Cancelled`, so whoever stops in-memory runs stops slide
+    runs with the same ``except``."""
 
 
 class ResumeMismatch(ValueError):
