@@ -17,8 +17,9 @@ run, a napari layer export): :data:`TABLE_COLUMNS` with the dtypes :data:`COLUMN
 
 Results of 3-D stacks add ``z`` (and ``detect`` adds ``prompt``) in front. There is no
 per-object ``p_value``: the existence test is a per-class, whole-image test, so it is reported
-once per class (``Detection.summary()``, ``Recognition.summary()``); a slide run does not
-compute it (the image-level statistics do not tile), so a per-object column would be empty.
+once per class, not repeated on every row: ``Detection.summary()``, ``Recognition.summary()``,
+``recognize --out DIR``'s ``classes.csv`` and a slide run's ``summary["recognition"]["p_values"]`` (from the
+slide-wide rule of :mod:`napari_biomedparse.slide.global_rule`).
 
 Colours: :func:`class_color` gives the RGB colour of a class name, the same in napari layers,
 QuPath GeoJSON and any other export (one table, :data:`CLASS_COLORS`, then a stable palette
