@@ -167,3 +167,45 @@ def test_many_instances_still_make_a_drawable_layer():
         assert "colormap" not in kw and "numba" in kw["metadata"]["biomedparse"]["note"]
     else:
         assert "colormap" in kw
+
+
+def test_instances_are_drawn_as_outlines_and_outline_shapes_hidden():
+    """Instance Labels show each object's outline only (interior as transparent as the
+    background), opaque, in its class colour; Shapes of outlines start hidden (the labels
+    draw them), Shapes of boxes shown."""
+    from napari.layers import Layer
+
+    labels = np.zeros((16, 16), np.int32)
+    labels[1:3, 1:3] = 1
+    labels[4:6, 5:8] = 2
+    labels[8:15, 8:15] = 3
+    t = _table()
+    t.loc[2, ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]] = [8, 8, 15, 15]
+    tup = L.instance_labels_layer(labels, t)
+    filled = Layer.create(*tup)
+    assert filled.contour == 0 and filled.opacity < 1  # made by napari alone: see-through
+    lab = L.apply_display(Layer.create(*tup))
+    assert lab.contour == L.CONTOUR_PX > 0 and lab.opacity == 1.0
+    lab.refresh()
+    shown = np.asarray(lab._slice.image.view)
+    background = shown[0, 0]
+    assert shown[11, 11] == background  # inside object 3: the tissue shows
+    assert shown[8, 11] != background and shown[11, 8] != background  # its outline is drawn
+    assert np.allclose(lab.colormap.map(np.array([3]))[0], L.class_color("neoplastic cells"))
+    ring = np.stack([np.cos(np.linspace(0, 6.2, 20)), np.sin(np.linspace(0, 6.2, 20))], 1)
+    (_, kw, _), _ = L.shapes_layer(t, outlines={1: ring + 2, 2: ring + 5, 3: ring + 11})
+    assert "outlines" in kw["name"] and kw["visible"] is False
+    (_, kw, _), _ = L.shapes_layer(t)
+    assert "boxes" in kw["name"] and kw["visible"] is True
+
+
+def test_slide_progress_counts_the_stage_it_names():
+    from napari_biomedparse._napari._functions import _stage_progress
+
+    seen = []
+    report = _stage_progress(lambda d, t, m: seen.append((d, t, m)))
+    report(12, 110, "tiles 12/83")  # the engine's whole-run count, the stage's in the text
+    report(90, 110, "blending 7/9")
+    report(110, 110, "done")
+    assert seen == [(12, 83, "tiles 12/83"), (7, 9, "blending 7/9"), (110, 110, "done")]
+    assert _stage_progress(None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,21 @@ def test_slide_widget_runs_engine_and_opens_results(
     assert any("tile" in m.lower() for _, _, m in msgs)  # the bar shows tiles done
     store = tmp_path / "cmu_small_region.biomedparse.zarr"
     assert store.exists()
+    from napari_biomedparse.slide.engine import SlideResult
+
+    # the bar counts the units of the stage its text names ("tiles 4/83" is 4 of 83, not 4
+    # of every stage's units together); the tile stage's total is the tiles processed
+    counted = [(d, t, m) for d, t, m in msgs if re.search(r"\d+/\d+$", m)]
+    assert counted and all(m.endswith(f" {d}/{t}") for d, t, m in counted)
+    tiles = [t for _, t, m in counted if m.startswith("tiles")]
+    assert set(tiles) == {SlideResult.open(store).summary["tiles_processed"]}
     inst = viewer.layers["cmu_small_region instances"]
     classes = viewer.layers["cmu_small_region classes"]
     assert inst.multiscale and classes.multiscale
+    # drawn as outlines (the tissue stays visible); boxes and classes shown when asked
+    assert inst.visible and inst.contour > 0 and not classes.visible
+    shapes = [lay for lay in viewer.layers if lay._type_string == "shapes"]
+    assert shapes and not any(lay.visible for lay in shapes)
     import dask.array as da
 
     assert isinstance(inst.data[0], da.Array)  # lazily read from the store
@@ -49,8 +62,6 @@ def test_slide_widget_runs_engine_and_opens_results(
     ext_img = np.asarray(slide.extent.world)
     ext_lab = np.asarray(inst.extent.world)
     np.testing.assert_allclose(ext_lab, ext_img, atol=2.0)
-    from napari_biomedparse.slide.engine import SlideResult
-
     res = SlideResult.open(store)
     assert len(inst.features) == len(res.table)
     n = len(viewer.layers)

@@ -306,8 +306,10 @@ def test_model_widget_loads_a_checkpoint_in_the_background(
     _wait(qtbot, w)
     assert w.run.last_outcome == "ok", w.run.last_error
     assert any("loading" in m for m in steps) and "model ready" in steps
-    spec = plugin_model_state.loaded_spec
-    assert spec.source == "checkpoint" and spec.checkpoint == str(ckpt)
+    spec = plugin_model_state.loaded_spec  # the package's one ModelSpec
+    from napari_biomedparse.inference.loading import ModelSpec
+
+    assert isinstance(spec, ModelSpec) and spec.kind == "path" and spec.source == str(ckpt)
     assert "mine.safetensors" in w.loaded.value
     pred = plugin_model_state.predictor()  # already loaded: no second load
     # a model loaded elsewhere (another widget's first run, a script) shows up too
@@ -348,14 +350,16 @@ def test_segment_whole_image_runs_the_slide_engine(
 def test_unavailable_device_says_what_to_do():
     import torch
 
-    from napari_biomedparse._napari._model_state import ModelSpec, load_predictor
+    from napari_biomedparse._napari._model_state import ModelState, model_spec
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     from napari_biomedparse.errors import InvalidInputError
 
+    state = ModelState()
     with pytest.raises(InvalidInputError, match="use the device cpu or auto"):
-        load_predictor(ModelSpec(device="cuda"))
+        state.load(model_spec(device="cuda"))
+    assert state.loaded_spec is None
 
 
 WIDGETS = ("Segment", "Recognize all", "Slide processing", "Model", "Fine-tune")
@@ -427,9 +431,16 @@ def test_progress_in_activity_dock_and_widget_then_results_view(
     assert expected and w.results.counts_by_class == expected
     for name, n in expected.items():
         assert f"{name} {n}" in w.results.counts.value
-    # visibility: instances and outlines shown, class map hidden
-    assert inst.visible and viewer.layers["he outlines"].visible
+    # visibility: instances shown as outlines (the tissue stays visible under them), the
+    # Shapes outlines (the same outlines, with the class text) and the class map hidden
+    assert inst.visible and inst.contour > 0 and inst.opacity == 1.0
+    assert not viewer.layers["he outlines"].visible
     assert not viewer.layers["he classes"].visible
+    # the counts are a legend: each class in its colour of the one colour table
+    from napari_biomedparse.inference.objects import class_color
+
+    for name in expected:
+        assert "#{:02x}{:02x}{:02x}".format(*class_color(name)) in w.results.counts.value
     # table row -> canvas
     row = 2
     label = int(w.results._rows[row])
@@ -473,3 +484,47 @@ def test_run_on_choice_renders_on_a_slide(make_napari_viewer, qtbot):
     assert w.scope.native.isVisible()
     assert w.scope.native.currentText() == "current view" and w.scope.native.count() == 2
     assert w.scope.native.sizeHint().height() > 10
+
+
+def test_docks_leave_the_canvas_most_of_a_small_window(make_napari_viewer, qtbot):
+    """In an 853 px window the plugin's docks share one tabbed dock no wider than
+    ``dock_width_limit``, their forms fit it (no sideways scrolling) and the canvas stays the
+    widest part; a long status line is elided to the dock's width on one line."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_biomedparse._napari._widgets._common import DOCK_MIN_WIDTH, dock_width_limit
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(853, 640)
+    docks = {
+        name: viewer.window.add_plugin_dock_widget("napari-biomedparse", name)
+        for name in ("Recognize all", "Model", "Segment", "Slide processing")
+    }
+    qtbot.wait(200)
+    QApplication.processEvents()
+    first = docks["Recognize all"][0]
+    assert {d.windowTitle() for d in window.tabifiedDockWidgets(first)} == {
+        docks[n][0].windowTitle() for n in ("Model", "Segment", "Slide processing")
+    }
+    limit = dock_width_limit(window.width())
+    assert DOCK_MIN_WIDTH <= limit < 853 / 4
+    canvas = viewer.window._qt_viewer.canvas.native.width()
+    for name, (dock, widget) in docks.items():
+        area = widget.native
+        assert area.maximumWidth() == limit, name
+        form = area.widget()
+        # the form fits the dock beside the vertical scroll bar: nothing is cut at the right
+        room = limit - 2 * area.frameWidth() - area.verticalScrollBar().sizeHint().width()
+        assert form.minimumSizeHint().width() <= room, name
+        assert dock.width() <= limit + 10 and canvas > 1.5 * dock.width(), name
+    # a finished run's status line: one line, elided to the label, the whole text kept
+    run = docks["Recognize all"][1].run
+    text = "Recognize all: done in 89.6 s, and a message longer than the dock is wide"
+    run._status_text.set(text)
+    label = run.status.native
+    assert run.status_text == text and label.toolTip() == text
+    shown = label.text()
+    assert shown != text and shown.endswith("…")
+    assert label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()
+    assert label.sizeHint().height() < 2 * label.fontMetrics().lineSpacing()

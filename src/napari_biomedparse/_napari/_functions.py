@@ -5,15 +5,17 @@ napari Image layer: only its ``data``, ``scale``, ``translate``, ``name`` and ``
 are read), calls the inference or slide layer, and returns napari layer data tuples
 ``(data, kwargs, layer_type)`` (see :mod:`._layers`), aligned with the image. They accept
 ``progress(done, total, message)`` and ``cancel`` (a ``threading.Event``); a cancelled run
-raises :class:`Cancelled` and returns nothing. No napari or Qt import here.
+raises :class:`Cancelled` and returns nothing. No napari or Qt import here
+(:func:`add_layers` imports napari when called).
 
 >>> layers = segment_layer(image, ["neoplastic cells"], modality="pathology")
->>> for data, kwargs, kind in layers: viewer._add_layer_from_data(data, kwargs, kind)
+>>> add_layers(viewer, layers)  # instance outlines over the image
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,17 @@ def friendly_error(exc: BaseException) -> str:
     if "CUDA out of memory" in msg or "OutOfMemory" in type(exc).__name__:
         return f"{msg}. Choose a smaller batch / tile size or device 'cpu' in the Model widget."
     return msg
+
+
+def add_layers(viewer, layer_data: Sequence[LayerDataTuple]) -> list:
+    """Add layer data tuples to ``viewer`` as the widgets do (instances drawn as outlines,
+    :func:`._layers.apply_display`); returns the layers (napari is imported here only)."""
+    from napari.layers import Layer
+
+    return [
+        viewer.add_layer(_layers.apply_display(Layer.create(d, dict(kw), kind)))
+        for d, kw, kind in layer_data
+    ]
 
 
 def _report(progress, done, total, message=""):
@@ -380,6 +393,7 @@ def _shapes_layers(result, shapes, source, producer, scale, translate) -> list[L
         producer=producer,
         scale=scale,
         translate=translate,
+        visible=shapes == "boxes",  # outlines: the instance Labels draw them already
     )
     return [layer]
 
@@ -495,7 +509,7 @@ def slide_layers(
         "tissue_mask": tissue_mask,
         "resume": resume,
         "overwrite": overwrite,
-        "progress": progress,
+        "progress": _stage_progress(progress),
         "cancel": cancel,
     }
     if inp is not None and not inp.path:
@@ -519,6 +533,29 @@ def slide_layers(
     check_cancel(cancel)
     name = inp.name if inp is not None else Path(str(image)).stem
     return result_layers(res, source_name=name, image=inp)
+
+
+_STAGE_COUNT = re.compile(r"(\d+)/(\d+)\s*$")
+
+
+def _stage_progress(progress: Callable | None) -> Callable | None:
+    """``progress`` for the slide engine, reporting the stage its message names.
+
+    The engine reports ``(done, total)`` of the whole run (every stage's units together) with
+    the stage's own count in the message, ``"<stage> k/N"`` (slide/executors.py); a bar of
+    the run's total beside "tiles 4/83" reads "4/110". This reports ``(k, N, message)``
+    instead, so that the bar counts the units of the stage it names (it starts again at each
+    stage); messages without a count pass unchanged."""
+    if progress is None:
+        return None
+
+    def f(done, total, message=""):
+        m = _STAGE_COUNT.search(str(message or ""))
+        if m is not None and int(m.group(2)) > 0:
+            done, total = int(m.group(1)), int(m.group(2))
+        progress(done, total, message)
+
+    return f
 
 
 def _current_model_or_default():
@@ -623,6 +660,7 @@ def result_layers(res, *, source_name: str | None = None, image: ImageInput | No
             scale=S,
             translate=T,
             metadata=meta,
+            visible=False,  # the instance Labels draw the outlines; shown when asked
         )
         out.append(shapes)
     if units:

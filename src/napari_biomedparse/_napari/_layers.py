@@ -1,9 +1,10 @@
 """Results -> napari layer data tuples.
 
 Pure functions (numpy / pandas only, no napari import): each returns ``(data, kwargs,
-layer_type)`` tuples that ``viewer._add_layer_from_data(*t)`` or
-``napari.layers.Layer.create(*t)`` turn into layers, so that the widgets, scripts and tests
-share one conversion.
+layer_type)`` tuples that ``napari.layers.Layer.create(*t)`` turns into layers, then
+:func:`apply_display` sets what napari takes only on a made layer (instance outlines), so
+that the widgets, scripts and tests share one conversion (``_functions.add_layers`` does
+both).
 
 Coordinates: every result is computed on an array whose pixel ``(0, 0)`` sits at world
 position ``translate`` with pixel size ``scale`` (the image layer's own transform, or the
@@ -34,6 +35,15 @@ MAX_OUTLINES = 2000
 MAX_TEXT = 100
 #: Vertices kept per outline (polygons are subsampled evenly to at most this many).
 MAX_VERTICES = 32
+#: Instance Labels are drawn as outlines this many pixels thick (napari's ``contour``; 0 in
+#: the layer controls fills them), so the nuclei stay visible under them.
+CONTOUR_PX = 2
+#: What :func:`apply_display` sets on an instance Labels layer (napari takes ``contour``
+#: only after the layer is made, not in the layer data tuple).
+OUTLINE_DISPLAY = {"contour": CONTOUR_PX, "opacity": 1.0}
+#: Opacity of instance Labels drawn filled (a layer made without :func:`apply_display`, e.g.
+#: by napari from the reader's tuples): the tissue shows through.
+FILLED_OPACITY = 0.5
 
 
 def class_color(name: str, alpha: float = 1.0) -> np.ndarray:
@@ -222,14 +232,21 @@ def instance_labels_layer(
     multiscale: bool = False,
     metadata: dict | None = None,
 ) -> LayerDataTuple:
-    """Labels of instances with ``features`` and each instance coloured by its class."""
+    """Labels of instances with ``features``, each instance in the colour of its class
+    (``class_color``); :func:`apply_display` on the layer draws them as outlines
+    (:data:`CONTOUR_PX` thick, opaque) so that the tissue under them stays visible."""
     feats = instance_features(table)
     kw = {
         "name": f"{source} instances",
         "features": feats,
-        "opacity": 0.6,
+        "opacity": FILLED_OPACITY,  # until apply_display draws outlines
         "metadata": {
-            "biomedparse": {"producer": producer, "kind": "instances", **(metadata or {})}
+            "biomedparse": {
+                "producer": producer,
+                "kind": "instances",
+                "display": dict(OUTLINE_DISPLAY),
+                **(metadata or {}),
+            }
         },
         **_transform(scale, translate),
     }
@@ -243,6 +260,16 @@ def instance_labels_layer(
     if multiscale:
         kw["multiscale"] = True
     return (labels, kw, "labels")
+
+
+def apply_display(layer):
+    """Set on a layer made from one of these tuples what napari takes only once the layer
+    exists (``metadata["biomedparse"]["display"]``: instance outlines, ``contour`` > 0);
+    returns the layer."""
+    display = (getattr(layer, "metadata", None) or {}).get("biomedparse", {}).get("display")
+    for name, value in (display or {}).items():
+        setattr(layer, name, value)
+    return layer
 
 
 def _subsample(poly: np.ndarray, k: int = MAX_VERTICES) -> np.ndarray:
@@ -265,8 +292,12 @@ def shapes_layer(
     max_shapes: int = MAX_SHAPES,
     max_outlines: int = MAX_OUTLINES,
     metadata: dict | None = None,
+    visible: bool | None = None,
 ) -> tuple[LayerDataTuple, str | None]:
     """Shapes of instance outlines (or boxes) with the class as text, in the class colour.
+
+    ``visible``: None shows boxes and hides outlines (the instance Labels already draw every
+    outline; the hidden layer keeps the class text, the selection and the export).
 
     What napari can draw is limited: outlines are used up to ``max_outlines`` objects (each
     subsampled to at most ``MAX_VERTICES`` vertices; ``outline_offset`` is added to the
@@ -319,6 +350,7 @@ def shapes_layer(
     )
     kw = {
         "name": f"{source} {'outlines' if use_outlines else 'boxes'}",
+        "visible": (not use_outlines) if visible is None else bool(visible),
         "shape_type": types,
         "features": sub,
         "edge_color": colors,

@@ -2,49 +2,67 @@
 
 The Model widget configures it; the other widgets ask for :meth:`ModelState.predictor`
 inside their worker thread, which loads the configured model on first use (so loading never
-blocks the GUI). The state is evented: :attr:`ModelState.changed` (a psygnal signal) is emitted
-with the loaded :class:`ModelSpec` (or None) whenever the current model changes, from the
-thread that changed it. No napari / Qt import here.
+blocks the GUI). A model is described by the package's one
+:class:`~napari_biomedparse.inference.loading.ModelSpec` (built by its ``build``, i.e.
+``inference.loading.load_predictor``); :func:`model_spec` turns the Model widget's choice into
+one. The state is evented: :attr:`ModelState.changed` (a psygnal signal) is emitted with the
+loaded spec (or None) whenever the current model changes, from the thread that changed it.
+No napari / Qt import here.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from psygnal import Signal
 
+# the one model specification and the one loader (another process builds the same predictor
+# from it); the plugin's state only adds which spec is current
+from napari_biomedparse.inference.loading import ModelSpec
+
+#: The Model widget's choices of model (its "checkpoint" is a file the user picks).
 SOURCES = ("default", "biomedparse-v1", "checkpoint")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model to load and how."""
+def model_spec(
+    source: str = "default", checkpoint: str = "", device: str = "auto", precision=None
+) -> ModelSpec:
+    """The :class:`~napari_biomedparse.inference.loading.ModelSpec` (kind ``"path"``) of the
+    Model widget's choice: ``source`` one of :data:`SOURCES`; ``checkpoint`` the file of
+    ``"checkpoint"``, or a local copy of the official file for ``"biomedparse-v1"`` (then
+    loaded from it, no download); ``precision`` one of :data:`PRECISIONS` (None = float32).
+    A missing file is a clear FileNotFoundError here, before anything is loaded."""
+    from napari_biomedparse.inference.devices import dtype_name
 
-    source: str = "default"  # "default" | "biomedparse-v1" | "checkpoint"
-    checkpoint: str = ""  # the file for source "checkpoint" (or a local v1 file)
-    device: str = "auto"
-    precision: str = "float32"
-    cache_dir: str = ""
+    if source not in SOURCES:
+        raise ValueError(f"unknown model source {source!r}; one of {SOURCES}")
+    name = source
+    if source == "checkpoint" and not checkpoint:
+        raise FileNotFoundError(
+            "no checkpoint file chosen; pick a .pt / .safetensors file in the Model widget"
+        )
+    if checkpoint and source != "default":
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            what = "checkpoint" if source == "checkpoint" else "BiomedParse v1"
+            raise FileNotFoundError(f"{what} file not found: {path}")
+        name = str(path)
+    dtype = None if precision is None else dtype_name(precision)
+    return ModelSpec("path", name, device=device, dtype=None if dtype == "fp32" else dtype)
 
-    def load_arg(self) -> str:
-        if self.source == "checkpoint":
-            if not self.checkpoint:
-                raise FileNotFoundError(
-                    "no checkpoint file chosen; pick a .pt / .safetensors file in the Model widget"
-                )
-            path = Path(self.checkpoint).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint file not found: {path}")
-            return str(path)
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown model source {self.source!r}; one of {SOURCES}")
-        return self.source
+
+def describe(spec: ModelSpec) -> str:
+    """One line for a person: ``"<model> on <device>, <precision>"``."""
+    what = spec.source or "custom model"
+    if what not in SOURCES:
+        what = Path(what).name
+    precision = {None: "float32", "bf16": "bfloat16", "fp16": "float16"}.get(spec.dtype)
+    return f"{what} on {spec.device}, {precision or spec.dtype}"
 
 
 def check_device(device: str) -> None:
@@ -54,41 +72,8 @@ def check_device(device: str) -> None:
     resolve_device(device)
 
 
-def load_predictor(spec: ModelSpec, progress=None):
-    """Load the model of ``spec`` and wrap it in a Predictor (slow: call it in a worker)."""
-    arg = spec.load_arg()  # checks the file first: a bad path fails fast with a clear message
-    check_device(spec.device)
-
-    from napari_biomedparse.hub import load_model
-    from napari_biomedparse.inference.devices import resolve_dtype
-    from napari_biomedparse.inference.predictor import Predictor
-
-    if progress is not None:
-        progress(0, 2, f"loading model '{Path(arg).name}'")
-    kwargs = {}
-    params = inspect.signature(load_model).parameters
-    if spec.cache_dir:
-        if "cache_dir" in params:
-            kwargs["cache_dir"] = spec.cache_dir
-        else:
-            os.environ["NAPARI_BIOMEDPARSE_CACHE"] = spec.cache_dir  # read by hub.cache_dir()
-    if spec.source == "biomedparse-v1" and spec.checkpoint:
-        path = Path(spec.checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"BiomedParse v1 file not found: {path}")
-        kwargs["path"] = str(path)  # a local copy of biomedparse_v1.pt (no download)
-    model = load_model(arg, **kwargs)
-    if progress is not None:
-        progress(1, 2, f"moving model to {spec.device}")
-    dtype = resolve_dtype(spec.precision)  # None = float32
-    pred = Predictor(model, device=spec.device, dtype=dtype)
-    if progress is not None:
-        progress(2, 2, "model ready")
-    return pred
-
-
 class ModelState:
-    """The current model spec and, once loaded, its Predictor (thread-safe).
+    """The current :class:`ModelSpec` and, once loaded, its Predictor (thread-safe).
 
     ``changed(spec)``: emitted after a model was loaded or set (``spec`` = the loaded
     :class:`ModelSpec`) or cleared (None).
@@ -97,7 +82,7 @@ class ModelState:
     changed = Signal(object)
 
     def __init__(self):
-        self.spec = ModelSpec()
+        self.spec = model_spec()
         self._predictor = None
         self._loaded: ModelSpec | None = None
         self._lock = threading.RLock()
@@ -111,10 +96,21 @@ class ModelState:
     def loaded_spec(self) -> ModelSpec | None:
         return self._loaded
 
-    def load(self, spec: ModelSpec | None = None, progress=None, cancel=None):
-        """Load ``spec`` (default: the configured one) now and make it current."""
+    def load(self, spec: ModelSpec | None = None, progress=None, cancel=None, cache_dir=""):
+        """Build ``spec`` (default: the configured one) now with :meth:`ModelSpec.build` and
+        make it current (slow: call it in a worker). ``cache_dir``: where downloaded official
+        weights are kept ("" = the default, :func:`napari_biomedparse.hub.cache_dir`)."""
         spec = spec or self.spec
-        pred = load_predictor(spec, progress=progress)
+        check_device(spec.device)  # a missing GPU fails fast with what to choose instead
+        if cache_dir:
+            from napari_biomedparse.hub import ENV_CACHE
+
+            os.environ[ENV_CACHE] = str(cache_dir)
+        if progress is not None:
+            progress(0, 1, f"loading model '{Path(spec.source or 'custom').name}'")
+        pred = spec.build()
+        if progress is not None:
+            progress(1, 1, "model ready")
         if cancel is not None and cancel.is_set():
             from ._functions import Cancelled
 
@@ -127,12 +123,13 @@ class ModelState:
         return pred
 
     def use(self, model, *, name: str = "custom", device: str = "auto") -> None:
-        """Make an already built model (or Predictor) the current one (scripts, tests)."""
+        """Make an already built model (or Predictor) the current one (scripts, tests);
+        ``name`` is what the Model widget shows (its spec: kind "object", nothing to build)."""
         from napari_biomedparse.inference.predictor import Predictor
 
         pred = model if isinstance(model, Predictor) else Predictor(model, device=device)
         with self._lock:
-            self.spec = ModelSpec(source="checkpoint", checkpoint=name, device=device)
+            self.spec = ModelSpec("object", source=name, device=device)
             self._predictor = pred
             self._loaded = self.spec
         self.changed.emit(self.spec)
@@ -151,12 +148,13 @@ class ModelState:
         if model is not None and self._loaded == self.spec:
             return dict(getattr(model, "metadata", None) or {})
         try:
-            if self.spec.source == "default":
-                from napari_biomedparse.hub import DEFAULT_WEIGHTS as path
-            elif self.spec.source == "checkpoint":
-                path = Path(self.spec.load_arg())
-            else:
+            source = self.spec.source
+            if self.spec.kind != "path" or source == "biomedparse-v1":
                 return {}
+            if source == "default":
+                from napari_biomedparse.hub import DEFAULT_WEIGHTS as path
+            else:
+                path = Path(source)
             from napari_biomedparse.model.checkpoint import read_checkpoint_metadata
 
             return {k: v for k, v in read_checkpoint_metadata(path).items() if v is not None}
@@ -179,7 +177,7 @@ class ModelState:
         with self._lock:
             self._predictor = None
             self._loaded = None
-            self.spec = ModelSpec()
+            self.spec = model_spec()
         self.changed.emit(None)
 
 

@@ -25,6 +25,8 @@ from napari.qt.threading import create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QSizePolicy
 
 from ._functions import Cancelled, friendly_error
 
@@ -38,6 +40,41 @@ class _RunProgress(cancelable_progress):
         super().cancel()
         if self.cancel_callback is not None:
             self.cancel_callback()
+
+
+class _ElidedText:
+    """One line of text in a QLabel, elided with "..." to the label's width (re-elided when
+    it is resized); the full text is the label's tooltip and :attr:`text`."""
+
+    def __init__(self, label):
+        self.label, self.text = label, ""
+        label.setWordWrap(False)
+        label.setMinimumWidth(1)  # its text sets no width: the dock's width sets the text
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self._filter = _OnResize(label, self._show)
+
+    def set(self, text: str) -> None:
+        self.text = str(text)
+        self.label.setToolTip(self.text)
+        self._show()
+
+    def _show(self) -> None:
+        width = max(self.label.contentsRect().width(), 1)
+        shown = self.label.fontMetrics().elidedText(self.text, Qt.TextElideMode.ElideRight, width)
+        if self.label.text() != shown:
+            self.label.setText(shown)
+
+
+class _OnResize(QObject):
+    def __init__(self, widget, callback):
+        super().__init__(widget)
+        self.callback = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Resize:
+            self.callback()
+        return False
 
 
 class RunControls(Container):
@@ -55,8 +92,9 @@ class RunControls(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # long messages must not widen the dock
-        self.status.native.setMinimumWidth(120)  # wrapped text: its length sets no width
+        # one line, elided to the dock's width (the full text in its tooltip): a wrapped
+        # label in a scroll area gets one line's height and its second line is clipped
+        self._status_text = _ElidedText(self.status.native)
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
@@ -72,6 +110,11 @@ class RunControls(Container):
         self._t0 = 0.0
 
     # -- state
+    @property
+    def status_text(self) -> str:
+        """The whole status line (the label shows it elided to the dock's width)."""
+        return self._status_text.text
+
     @property
     def running(self) -> bool:
         return self.worker is not None
@@ -123,7 +166,7 @@ class RunControls(Container):
         self.progress_bar.visible = True
         self.progress_bar.max = 0  # busy indicator until the first progress report
         self.progress_bar.value = 0
-        self.status.value = f"{description}: starting..."
+        self._status_text.set("starting...")
         self.pbar = _RunProgress(total=0, desc=description, cancel_callback=self.cancel)
         self._description = description
         self._t0 = time.monotonic()
@@ -134,7 +177,7 @@ class RunControls(Container):
         """Ask the running job to stop (it stops after the current tile batch or step)."""
         if self.cancel_event is not None and self.worker is not None:
             self.cancel_event.set()
-            self.status.value = "Cancelling (stops after the current tile batch)..."
+            self._status_text.set("cancelling (stops after the current tile batch)...")
             self.cancel_button.enabled = False
 
     # -- slots (GUI thread)
@@ -147,8 +190,8 @@ class RunControls(Container):
             self.progress_bar.value = min(done, total)
         text = f"{done}/{total}" if total > 0 else ""
         if message:
-            text = f"{message} ({text})" if text else message
-        self.status.value = text
+            text = message if not text or message.endswith(text) else f"{message} ({text})"
+        self._status_text.set(text)
         self.progressed.emit(done, total, message)
         # last: napari's activity dock may process events (and so the next report) here
         pbar = self.pbar
@@ -170,12 +213,12 @@ class RunControls(Container):
             kind = "cancelled"
         self.last_outcome = kind
         if kind == "cancelled":
-            self.status.value = f"{description}: cancelled, nothing was added."
+            self._status_text.set("cancelled: nothing was added")
             show_info(f"{description} cancelled: nothing was added.")
             return
         if kind == "error":
             self.last_error = value
-            self.status.value = f"{description} failed."
+            self._status_text.set("failed (see the notification)")
             show_error(f"{description} failed: {friendly_error(value)}")
             return
         try:
@@ -186,7 +229,7 @@ class RunControls(Container):
             self.last_error = exc
             show_error(f"{description}: could not show the results: {friendly_error(exc)}")
             return
-        self.status.value = f"{description}: done in {time.monotonic() - self._t0:.1f} s."
+        self._status_text.set(f"done in {time.monotonic() - self._t0:.1f} s")
 
     def _on_finished(self, worker):
         if self.worker is worker:

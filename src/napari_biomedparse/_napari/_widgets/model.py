@@ -5,14 +5,14 @@ run or by a script shows up too)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
+from napari.utils.notifications import show_error
 
-from .._model_state import DEVICES, MODEL, PRECISIONS, ModelSpec
+from .._functions import friendly_error
+from .._model_state import DEVICES, MODEL, PRECISIONS, describe, model_spec
 from .._runner import RunControls
 from .._settings import remember, restore
-from ._common import ScrollableForm, on_main_thread
+from ._common import ScrollableForm, on_main_thread, wrap_text
 
 SOURCE_CHOICES = [
     ("default (bundled, offline)", "default"),
@@ -44,8 +44,7 @@ class ModelWidget(ScrollableForm, Container):
         for edit in (self.checkpoint, self.cache_dir):
             edit.choose_btn.text = "..."  # narrow: the dock must leave room for the canvas
         self.loaded = Label(value="not loaded yet (loads on first run)", label="current")
-        self.loaded.native.setWordWrap(True)
-        self.loaded.native.setMinimumWidth(120)  # wrapped text: its length sets no width
+        wrap_text(self.loaded)  # the whole text, on several lines
         self.run = RunControls("Load model")
         super().__init__(
             scrollable=True,
@@ -66,7 +65,6 @@ class ModelWidget(ScrollableForm, Container):
             "precision": self.precision,
             "cache_dir": self.cache_dir,
         }
-        self.max_width = 420  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         remember(persisted, self.settings_key)
         for w in persisted.values():
@@ -80,40 +78,44 @@ class ModelWidget(ScrollableForm, Container):
         MODEL.changed.connect(self._on_model_changed)
         self.native.destroyed.connect(lambda *_: MODEL.changed.disconnect(self._on_model_changed))
 
-    def spec(self) -> ModelSpec:
-        def _s(v):
-            s = str(v) if v is not None else ""
-            return "" if s in ("", ".") else s
+    @staticmethod
+    def _path(value) -> str:
+        text = str(value) if value is not None else ""
+        return "" if text in ("", ".") else text
 
-        return ModelSpec(
-            source=self.source.value,
-            checkpoint=_s(self.checkpoint.value),
-            device=self.device.value,
-            precision=self.precision.value,
-            cache_dir=_s(self.cache_dir.value),
+    def spec(self):
+        """The chosen model's :class:`~napari_biomedparse.inference.loading.ModelSpec`
+        (FileNotFoundError for a missing file)."""
+        return model_spec(
+            self.source.value,
+            self._path(self.checkpoint.value),
+            self.device.value,
+            self.precision.value,
         )
 
     def _sync(self, *_):
         self.checkpoint.visible = self.source.value in ("checkpoint", "biomedparse-v1")
         self.checkpoint.label = (
-            "checkpoint" if self.source.value == "checkpoint" else "local file (optional)"
+            "checkpoint" if self.source.value == "checkpoint" else "local v1 file"
         )
 
     def _show_loaded(self):
         spec = MODEL.loaded_spec
-        if spec is None:
-            text = "not loaded yet (loads on first run)"
-        else:
-            what = Path(spec.checkpoint).name if spec.source == "checkpoint" else spec.source
-            text = f"{what} on {spec.device}, {spec.precision}"
+        text = "not loaded yet (loads on first run)" if spec is None else describe(spec)
         if self.loaded.value != text:
             self.loaded.value = text
 
     def start(self, *_):
-        spec = self.spec()
+        try:
+            spec = self.spec()
+        except (FileNotFoundError, ValueError) as exc:
+            show_error(f"Loading the model failed: {friendly_error(exc)}")
+            self.run.last_outcome, self.run.last_error = "error", exc
+            return None
         return self.run.start(
             MODEL.load,
             on_result=lambda _pred: self._show_loaded(),
             description="Loading the model",
             spec=spec,
+            cache_dir=self._path(self.cache_dir.value),
         )

@@ -20,6 +20,7 @@ from ._common import (
     is_large,
     layer_choice,
     vocabulary,
+    wrap_text,
 )
 from .results import ResultsView
 
@@ -35,8 +36,7 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
         self.site = ComboBox(choices=self._site_choices, label="site", visible=False)
         self.targets = Label(value="", label="targets")
-        self.targets.native.setWordWrap(True)  # the whole vocabulary, on several lines
-        self.targets.native.setMinimumWidth(120)  # wrapped text: its length sets no width
+        wrap_text(self.targets)  # the whole text, on several lines
         self.p_threshold = FloatSpinBox(
             value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
         )
@@ -72,7 +72,6 @@ class RecognizeWidget(ModalitySiteForm, Container):
             "shapes": self.shapes,
             "on_rerun": self.on_rerun,
         }
-        self.max_width = 420  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         self._modality_changed()
         remember({**persisted, "site": self.site}, self.settings_key)

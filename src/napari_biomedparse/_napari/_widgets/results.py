@@ -1,6 +1,7 @@
 """The results view shared by the Segment, Recognize and Slide widgets.
 
-Shows the last run's per-class object counts and its objects' features table (the instance
+Shows the last run's per-class object counts (each class in its colour: the legend of the
+canvas) and its objects' features table (the instance
 Labels layer's ``features``: one row per object). Selecting a row selects that object in the
 canvas (the Labels layer's ``selected_label``, the matching shape of the Shapes layer, the
 camera centred on it); clicking an object in the canvas selects its row. Two buttons export
@@ -10,19 +11,30 @@ plugin's writer (:func:`.._writer.write_labels`), into the chosen folder.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+
+from napari_biomedparse.inference.objects import class_color
 
 from .. import _functions as F
+from ._common import wrap_text
 
 #: Rows shown in the table (all objects are exported; a slide can have millions).
 MAX_ROWS = 5000
 #: Columns shown (when present), in this order.
 COLUMNS = ("index", "class", "score", "p_value", "area", "centroid_y", "centroid_x")
+
+
+def _swatch(name: str) -> str:
+    """A square in the colour of class ``name`` (rich text)."""
+    r, g, b = class_color(name)
+    return f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span>'
 
 
 class ResultsView(Container):
@@ -31,8 +43,8 @@ class ResultsView(Container):
     def __init__(self, viewer, default_folder: str = ""):
         self.viewer = viewer
         self.counts = Label(value="objects: no results yet")
-        self.counts.native.setWordWrap(True)
-        self.counts.native.setMinimumWidth(120)  # wrapped text: its length sets no width
+        wrap_text(self.counts)  # the whole text, on several lines
+        self.counts.native.setTextFormat(Qt.TextFormat.RichText)
         self.table = Table(value={"index": [], "class": []})
         self.table.read_only = True
         self.table.native.setMinimumHeight(140)
@@ -95,8 +107,12 @@ class ResultsView(Container):
             return
         counts = self.counts_by_class
         total = sum(counts.values())
+        # a legend: each class in its colour (the one colour table, as drawn in the canvas)
         self.counts.value = f"{total} objects" + (
-            ": " + ", ".join(f"{name} {n}" for name, n in counts.items()) if total else ""
+            ":<br>"
+            + "<br>".join(f"{_swatch(name)} {escape(name)} {n}" for name, n in counts.items())
+            if total
+            else ""
         )
         for lay in self._instances:
             lay.mouse_drag_callbacks.append(self._canvas_clicked)

@@ -98,7 +98,6 @@ class SegmentWidget(ModalitySiteForm, Container):
             "shapes": self.shapes,
             "on_rerun": self.on_rerun,
         }
-        self.max_width = 420  # long paths must not squeeze the canvas
         restore({"modality": self.modality}, self.settings_key)
         self._modality_changed()
         restore(self._persisted, self.settings_key)

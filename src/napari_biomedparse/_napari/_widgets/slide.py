@@ -53,15 +53,20 @@ class SlideWidget(ScrollableForm, Container):
         self.modality = ComboBox(choices=list(MODALITIES), value="Pathology", label="modality")
         self.task = ComboBox(choices=[RECOGNIZE, PROMPTS], value=RECOGNIZE, label="task")
         self.prompts = LineEdit(value="", label="prompts", visible=False)
-        self.native_mpp = CheckBox(value=False, text="at the image's own pixel size")
-        self.native_mpp.tooltip = "Process without resampling (fluorescence and the like)."
+        self.native_mpp = CheckBox(value=False, text="native pixel size")
+        self.native_mpp.tooltip = (
+            "At the image's own pixel size: process without resampling (fluorescence and the like)."
+        )
         self.mpp = FloatSpinBox(value=0.5, min=0.05, max=100.0, step=0.05, label="pixel size (um)")
         self.mpp.tooltip = "Microns per pixel the tiles are processed at (the slide is resampled)."
         self.tile_size = SpinBox(value=256, min=64, max=8192, step=32, label="tile (px)")
         self.tile_size.tooltip = "Tile edge in pixels at the processing pixel size."
         self.overlap = SpinBox(value=32, min=0, max=2048, step=2, label="overlap (px)")
         self.overlap.tooltip = "Overlap between neighbouring tiles (even, < tile / 2)."
-        self.tissue_mask = CheckBox(value=True, text="skip background (tissue mask)")
+        self.tissue_mask = CheckBox(value=True, text="tissue only")
+        self.tissue_mask.tooltip = (
+            "Skip background: tiles without tissue (tissue mask) are not run."
+        )
         self.output_folder = FileEdit(
             mode="d", value=default_output_folder(), label="output folder"
         )
@@ -71,8 +76,10 @@ class SlideWidget(ScrollableForm, Container):
             "one model per worker; the output folder must be on a file system they share. "
             "Empty = this process."
         )
-        self.resume = CheckBox(value=True, text="resume an interrupted run")
-        self.overwrite = CheckBox(value=False, text="overwrite an existing result")
+        self.resume = CheckBox(value=True, text="resume")
+        self.resume.tooltip = "Resume an interrupted run with the same parameters."
+        self.overwrite = CheckBox(value=False, text="overwrite")
+        self.overwrite.tooltip = "Overwrite an existing result (replaced once the new one is done)."
         self.on_rerun = ComboBox(choices=[REPLACE, ADD], value=REPLACE, label="earlier layers")
         self.run = RunControls("Process slide")
         self.result_view = ResultsView(napari_viewer, default_output_folder())
@@ -115,7 +122,6 @@ class SlideWidget(ScrollableForm, Container):
             "overwrite": self.overwrite,
             "on_rerun": self.on_rerun,
         }
-        self.max_width = 420  # long paths must not squeeze the canvas
         restore(persisted, self.settings_key)
         remember(persisted, self.settings_key)
         self.task.changed.connect(self._sync)
@@ -176,7 +182,7 @@ class SlideWidget(ScrollableForm, Container):
             if not mpp:
                 show_warning(
                     "Slide processing: the image has no pixel size to process it at; untick "
-                    "'at the image's own pixel size' and give the pixel size."
+                    "'native pixel size' and give the pixel size."
                 )
                 return None
         policy = self.on_rerun.value
