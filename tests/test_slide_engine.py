@@ -127,7 +127,8 @@ def test_cmu_end_to_end_with_model(real_run, tmp_path):
     assert res.path.exists() and not partial_path(res.path).exists()
     s = res.summary
     assert s["objects"] > 0 and s["objects"] == len(res.table)
-    assert s["tiles_skipped"] >= 1 and s["tiles_processed"] + s["tiles_skipped"] == s["tiles_total"]
+    # at 2 um/px every tile (all inside the slide) holds tissue; skipping is tested below
+    assert s["tiles_processed"] + s["tiles_skipped"] == s["tiles_total"]
     assert sum(s["objects_per_class"].values()) == s["objects"]
     t = res.table
     for col in (
@@ -198,7 +199,8 @@ def test_blended_tiles_match_whole_image_prediction(tmp_path):
         tissue_mask=False,
         instances="components",
     )
-    assert res.summary["tiles_processed"] == res.summary["tiles_total"] == 25
+    # tiles inside the image: rows / columns start at 0, 192, 384 and 800 - 256 = 544
+    assert res.summary["tiles_processed"] == res.summary["tiles_total"] == 16
     blended = np.asarray(res.probs[0]).astype(np.float32) / 255
     whole = StainPredictor(input_size=800).predict_batch(crop[None], ["nuclei"])[0, 0]
     # the image border differs (tiles see white padding, the whole image a reflection)
@@ -208,7 +210,7 @@ def test_blended_tiles_match_whole_image_prediction(tmp_path):
     assert (diff <= 1.01 / 255).mean() > 0.999
     assert diff.max() < 0.02
     # seams: the error on the tile-border rows is not larger than elsewhere
-    seam_rows = [192, 384, 576]
+    seam_rows = [224, 416, 592]  # the middles of the overlap bands
     assert diff[seam_rows].mean() < 5 * max(diff.mean(), 1 / 255)
 
 

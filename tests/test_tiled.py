@@ -4,7 +4,9 @@ The bundled default model (256 px tiles at ~0.5 um/px) on a 512 x 512 crop of th
 bottom-right quarter of ``hgsc_nest`` (rows/cols 750-1499, never used for training).
 Measured (torch CPU): union-of-prompts nuclei Dice 0.800 tiled vs 0.624 with the whole-image
 path (crop resized to 256 px); recognize: 136 instances for 117 labelled nuclei; the same
-region at 1.0 um/px: Dice 0.806 with ``mpp=1.0`` (rescaled to 0.5 um/px) vs 0.331 without.
+region at 1.0 um/px: Dice 0.805 with ``mpp=1.0`` (rescaled to 0.5 um/px) vs 0.631 without (0.331
+when a sub-tile image was padded black; it is now padded with its background, white for H&E,
+``tiled.background_fill``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from skimage.transform import rescale, resize
 
 from napari_biomedparse.inference.predictor import Predictor
 from napari_biomedparse.inference.tiled import (
+    TileGrid,
     blend_weights,
     inference_spec,
     tile_origins,
@@ -96,6 +99,12 @@ def test_tile_grid_and_weights_cover_the_image():
     for y, x in origins:
         cover[y : y + 256, x : x + 256] += 1
     assert cover.min() >= 1 and max(y for y, _ in origins) == 600 - 256
+    # the prediction grid: the same tiles (inside the image, the last ending at its edge)
+    grid = TileGrid((600, 300), 1.0, 1.0, 256, 32)
+    assert sorted(grid.extent(k)[:2] for k in range(grid.n_tiles)) == sorted(origins)
+    assert grid.tiles_in(0, 0, 600, 300) == list(range(grid.n_tiles))
+    assert grid.tiles_in(590, 0, 600, 10) == [k for k in range(grid.n_tiles)
+                                             if grid.extent(k)[2] > 590 and grid.extent(k)[1] < 10]  # fmt: skip
     w = blend_weights(256, 32)
     assert w.shape == (256, 256) and w.min() > 0 and w[128, 128] == 1.0
     assert w[0, 128] < w[16, 128] < w[31, 128] <= 1.0  # falls off towards the edges
@@ -150,7 +159,7 @@ def test_mpp_rescales_to_the_models_pixel_size(predictor):
     assert scaled.shape == plain.shape == (3, 192, 192)
     d_plain = dice((plain > 0.5).any(0), gt_small)
     d_scaled = dice((scaled > 0.5).any(0), gt_small)
-    assert d_scaled > NUCLEI_DICE_FLOOR and d_scaled > d_plain + 0.2, (d_scaled, d_plain)
+    assert d_scaled > NUCLEI_DICE_FLOOR and d_scaled > d_plain + 0.1, (d_scaled, d_plain)
 
 
 def test_v1_style_model_keeps_the_whole_image_path(monkeypatch):

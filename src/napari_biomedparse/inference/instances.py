@@ -26,6 +26,7 @@ from .objects import TABLE_COLUMNS, empty_table
 __all__ = [
     "SplitParams",
     "TABLE_COLUMNS",
+    "class_instances",
     "estimate_object_radius",
     "instance_outlines",
     "instance_table",
@@ -357,6 +358,54 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(uniq.max()) + 1, dtype=np.int32)
     lut[uniq[order]] = np.arange(1, uniq.size + 1, dtype=np.int32)
     return lut[labels]
+
+
+def class_instances(
+    class_map, probs=None, n_classes: int | None = None, *, split: dict | None = None
+) -> np.ndarray:
+    """Instances of every class region of a class map: the one instance step of
+    ``Predictor.recognize`` (whole image) and of the slide engine (block windows,
+    ``slide.blockwise.label_window``).
+
+    Args:
+        class_map: (H, W) int, 0 background, k = class k (1..``n_classes``).
+        probs: (P, H, W) probabilities (float in [0, 1] or uint8 x 255) of the classes, or
+            None; map k - 1 guides the splitting of class k.
+        n_classes: classes to label (default: the largest value in ``class_map``).
+        split: None = 8-connected components; a dict = :func:`split_instances` keyword
+            arguments (``{}``: its size-aware defaults; the shared defaults in pixels are
+            :func:`.postprocess.instance_defaults`).
+
+    Returns:
+        (H, W) int32 labels, ids 1..N by class, then in raster order of the first pixel.
+        Every instance lies inside its class region (a split fills small holes, which may
+        hold another class); pieces smaller than ``split["min_size"]`` pixels left by that
+        restriction are dropped, so every instance has at least that many pixels.
+    """
+    class_map = np.asarray(class_map)
+    n = int(class_map.max(initial=0)) if n_classes is None else int(n_classes)
+    out = np.zeros(class_map.shape, np.int32)
+    min_size = int((split or {}).get("min_size") or 1)
+    nxt = 0
+    for k in range(1, n + 1):
+        region = class_map == k
+        if not region.any():
+            continue
+        if split is None:
+            lab, _ = ndi.label(region, structure=np.ones((3, 3), bool))
+        else:
+            p = None if probs is None else np.asarray(probs[k - 1])
+            lab = split_instances(region, p, **split)
+        lab = np.where(region, lab, 0)
+        if min_size > 1 and lab.any():
+            area = np.bincount(lab.ravel())
+            lab = np.where(area[lab] >= min_size, lab, 0)
+        lab = relabel_sequential(lab)
+        m = int(lab.max())
+        if m:
+            out[lab > 0] = lab[lab > 0] + nxt
+            nxt += m
+    return out
 
 
 def instance_table(

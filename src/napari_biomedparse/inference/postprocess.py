@@ -15,7 +15,7 @@ estimates the object size from the mask itself (:func:`.instances.split_instance
 
 from __future__ import annotations
 
-__all__ = ["MIN_AREA_UM2", "NUCLEUS_RADIUS_UM", "TISSUE_MASK", "instance_defaults"]
+__all__ = ["MIN_AREA_UM2", "NUCLEUS_RADIUS_UM", "TISSUE_MASK", "instance_defaults", "min_area_px"]
 
 MIN_AREA_UM2 = 8.0
 NUCLEUS_RADIUS_UM = 3.5
@@ -27,9 +27,9 @@ def min_area_px(mpp: float, min_area_um2: float = MIN_AREA_UM2) -> int:
     return max(1, int(round(float(min_area_um2) / float(mpp) ** 2)))
 
 
-def instance_defaults(mpp: float | None) -> dict:
+def instance_defaults(mpp: float | None, min_area_um2: float = MIN_AREA_UM2) -> dict:
     """``split_instances`` keyword defaults for an image of ``mpp`` um/px: ``min_size`` and
     ``radius`` in pixels; empty without a pixel size (size-aware defaults)."""
     if mpp is None:
         return {}
-    return {"min_size": min_area_px(mpp), "radius": NUCLEUS_RADIUS_UM / float(mpp)}
+    return {"min_size": min_area_px(mpp, min_area_um2), "radius": NUCLEUS_RADIUS_UM / float(mpp)}

@@ -69,7 +69,11 @@ def class_names(targets) -> list[str]:
 
 
 def claim_unclassified(
-    class_map: np.ndarray, agnostic_prob: np.ndarray, value: int, min_fraction: float = 0.5
+    class_map: np.ndarray,
+    agnostic_prob: np.ndarray,
+    value: int,
+    min_fraction: float = 0.5,
+    split: dict | None = None,
 ) -> np.ndarray:
     """Give the nuclei that no class claims to the unclassified class.
 
@@ -80,6 +84,8 @@ def claim_unclassified(
         min_fraction: an object of the agnostic mask (prob > 0.5, split into instances by
             :func:`~.instances.split_instances`) is unclassified when the classes hold less
             than this fraction of its pixels.
+        split: ``split_instances`` keyword arguments (the instance step's, e.g.
+            :func:`~.postprocess.instance_defaults`); None = its size-aware defaults.
 
     Returns:
         (H, W) int32 class map: the input, plus ``value`` on the pixels of unclassified
@@ -93,7 +99,7 @@ def claim_unclassified(
     mask = prob > 0.5
     if not mask.any():
         return out
-    inst = split_instances(mask, prob)
+    inst = split_instances(mask, prob, **(split or {}))
     n = int(inst.max())
     if n == 0:
         return out
@@ -205,6 +211,7 @@ def recognize_maps(
     targets,
     p_values=None,
     p_threshold: float | None = 0.05,
+    split: dict | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Class map from the probability maps of all targets, with the official rules.
 
@@ -215,6 +222,8 @@ def recognize_maps(
             last in the suppression) or None (no filtering, given order).
         p_threshold: targets with p-value below it are dropped first (None or 0 = no
             filtering, as the official code).
+        split: the instance step's ``split_instances`` arguments, used to find the objects of
+            the class-agnostic target (:func:`claim_unclassified`).
 
     Returns:
         (class_map, kept_targets): class_map (H, W) int32, 0 = background and k = 1 + index of
@@ -244,7 +253,7 @@ def recognize_maps(
     else:
         class_map, surv = np.zeros(probs.shape[1:], dtype=np.int32), []
     if use_agnostic:
-        class_map = claim_unclassified(class_map, probs[agn], agn + 1)
+        class_map = claim_unclassified(class_map, probs[agn], agn + 1, split=split)
         surv = [*surv, agn]
     # a survivor can end with no pixel; report the targets present in the class map
     present = set(np.unique(class_map[class_map > 0]) - 1)

@@ -42,8 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .application import application_defaults
 from .existence import DEFAULT_P_THRESHOLD, TargetDistribution, existence_p_values
-from .instances import instance_table, relabel_sequential, split_instances
+from .instances import class_instances, instance_table, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .objects import TABLE_COLUMNS, empty_table
 from .postprocess import instance_defaults
@@ -53,7 +54,7 @@ from .prompts import parse_prompts
 from .recognition import class_names as recognition_class_names
 from .recognition import recognize_maps
 from .results import Detection, Recognition
-from .tiled import inference_spec, predict_tiled, rescale_factor, rescale_rgb, resize_probs
+from .tiled import inference_spec, predict_tiled, rescale_factor
 from .validate import check_in_memory
 
 __all__ = ["Cancelled", "Strategy", "detect", "recognize", "segment", "strategy"]
@@ -213,25 +214,30 @@ def _whole_batches(predictor, rgb, prompts, joint, batch_size, progress, cancel)
     return out
 
 
-def _tiled_probs(predictor, rgb, prompts, spec, joint, mpp, progress, cancel) -> np.ndarray:
-    """Tiled mode: (P, H, W) at ``rgb``'s size; rescaled to the model's mpp and back when the
-    image's ``mpp`` is given."""
-    f = rescale_factor(mpp, spec["mpp"])
-    x = rescale_rgb(rgb, f) if f else rgb
+def _tiled_probs(predictor, rgb, prompts, app, joint, mpp, progress, cancel) -> np.ndarray:
+    """Tiled mode: (P, H, W) at ``rgb``'s size, on the slide engine's tile grid
+    (:func:`~.tiled.predict_tiled`) with the slide engine's geometry ``app``
+    (:func:`~.application.application_defaults` of the model and modality): tiles of
+    ``app.tile_size`` px at ``app.mpp`` when the image's ``mpp`` is given (and differs by 1 %
+    or more, :func:`~.tiled.rescale_factor`), each resized to the model input, probabilities
+    resized back to the image."""
+    f = rescale_factor(mpp, app.mpp)
+    h, w = rgb.shape[:2]
+    hh, ww = (h, w) if not f else (max(1, round(h * f)), max(1, round(w * f)))
     # refuse what cannot fit, warn (offering the slide engine) when it will take long
-    check_in_memory(x.shape[0], x.shape[1], len(prompts), tile=int(predictor.input_size))
-    # tiles of the model input size (what predict_batch takes); the declared tile_size records
-    # the training tiles, which may differ (the network is fully convolutional)
-    probs = predict_tiled(
+    check_in_memory(hh, ww, len(prompts), tile=int(predictor.input_size))
+    return predict_tiled(
         predictor,
-        x,
+        rgb,
         prompts,
-        overlap=spec["overlap"],
+        tile_size=app.tile_size,
+        overlap=app.overlap,
         joint=joint,
+        image_mpp=mpp if f else None,
+        target_mpp=app.mpp if f else None,
         progress=progress,
         cancel=cancel,
     )
-    return resize_probs(probs, rgb.shape[:2]) if f else probs
 
 
 def _predict_2d(
@@ -263,6 +269,7 @@ def _predict_2d(
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"the image is empty: an array of shape {arr.shape}")
     rgb = to_rgb_uint8(arr, it, channels=channels)
+    app = application_defaults(predictor, it.modality)  # the slide engine's geometry
     if batch_size is None or batch_size == 1:
         groups = [(prompts, joint)]
     else:
@@ -275,7 +282,7 @@ def _predict_2d(
                 predictor,
                 rgb,
                 b,
-                st.tiled,
+                app,
                 j and len(b) > 1,
                 mpp,
                 with_prefix(progress, pre),
@@ -588,21 +595,13 @@ def instances_from_class_map(
         **split_kwargs: passed to :func:`~.instances.split_instances`.
 
     Returns:
-        (labels (H, W) int32, table DataFrame as :func:`~.instances.instance_table`); every
-        instance lies inside the region of its class (the class map is left as given).
+        (labels (H, W) int32, table DataFrame as :func:`~.instances.instance_table`): the
+        instances of :func:`~.instances.class_instances` (the slide engine's instance step),
+        each inside the region of its class (the class map is left as given).
     """
     class_map = np.asarray(class_map)
-    labels = np.zeros(class_map.shape, dtype=np.int32)
-    nxt = start
-    for k in np.unique(class_map[class_map > 0]):
-        region = class_map == k
-        lab = split_instances(region, probs[k - 1], **split_kwargs)
-        # holes filled by the splitting may hold another class: keep instances in their region
-        lab = relabel_sequential(np.where(region, lab, 0))
-        n = int(lab.max())
-        if n:
-            labels[lab > 0] = lab[lab > 0] + nxt
-            nxt += n
+    labels = class_instances(class_map, probs, len(class_names), split=split_kwargs)
+    labels = np.where(labels > 0, labels + start, 0).astype(np.int32)
     table = instance_table(labels, class_map, probs, class_names, mpp=mpp)
     return labels, table
 
@@ -638,7 +637,7 @@ def _recognize_2d(
         cancel=cancel,
     )
     pv = existence_p_values(m.rgb, m.test_probs, it, targets, opts["td"])
-    class_map, kept = recognize_maps(m.probs, targets, pv, opts["p_threshold"])
+    class_map, kept = recognize_maps(m.probs, targets, pv, opts["p_threshold"], opts["split"])
     names = recognition_class_names(targets)  # "nuclei" beside classes: "unclassified nuclei"
     labels, table = instances_from_class_map(
         class_map, m.probs, names, mpp=opts["mpp"], start=start, **opts["split"]

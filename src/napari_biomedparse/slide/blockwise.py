@@ -5,7 +5,8 @@ The output grid (the class map ``(H, W)`` at the target resolution) is cut into 
 ``halo`` on each side (clipped to the image):
 
 1. ``label_block`` labels the window (per class: connected components, or the inference
-   layer's ``split_instances`` when asked), and keeps the objects it *owns*: those whose
+   layer's instance step, :func:`~napari_biomedparse.inference.instances.class_instances`,
+   as ``Predictor.recognize`` runs it on a whole image), and keeps the objects it *owns*: those whose
    anchor, the first pixel in raster order (top row, then leftmost column), lies in its
    core. The anchor of an object does not depend on the window as long as the window holds
    the whole object, so every object is owned by exactly one block. If an owned object
@@ -25,7 +26,6 @@ its own block, so blocks can be processed by several processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,8 +42,6 @@ __all__ = [
     "outline",
     "TABLE_COLUMNS",
 ]
-
-_STRUCT8 = np.ones((3, 3), bool)
 
 #: Columns of the per-object table: the same as a single image's (one table format).
 TABLE_COLUMNS = tuple(_INSTANCE_TABLE_COLUMNS)
@@ -128,49 +126,29 @@ class BlockRecord:
         )
 
 
-def components(mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
-    """Default labeller: 8-connected components of ``mask`` (H, W) -> int32 labels."""
-    lab, _ = ndi.label(mask, structure=_STRUCT8)
-    return lab.astype(np.int32, copy=False)
-
-
-def split_labeller(radius: float | None = None) -> Callable:
-    """A labeller that separates touching objects with the inference layer's
-    ``split_instances`` at a fixed object ``radius`` in pixels (None: estimated per window,
-    which then depends slightly on the window)."""
-
-    def labeller(mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
-        from napari_biomedparse.inference.instances import split_instances
-
-        return np.asarray(split_instances(mask, prob, radius=radius), dtype=np.int32)
-
-    return labeller
-
-
 def label_window(
     classes: np.ndarray,
     probs: np.ndarray | None,
     n_classes: int,
-    labeller: Callable = components,
+    split: dict | None = None,
 ) -> np.ndarray:
     """Instance labels ``(h, w)`` int32 of a class-map window ``(h, w)`` (0 = background,
-    k = class k); objects never span two classes. ``probs`` ``(P, h, w)`` (uint8 or float)
-    is passed to the labeller as the class's probability."""
-    out = np.zeros(classes.shape, np.int32)
-    nxt = 0
-    for c in range(1, n_classes + 1):
-        m = classes == c
-        if not m.any():
-            continue
-        p = None
-        if probs is not None:
-            p = probs[c - 1]
-            p = p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p
-        lab = labeller(m, p)
-        sel = (lab > 0) & m  # a labeller may fill holes: objects stay inside their class
-        out[sel] = lab[sel] + nxt
-        nxt += int(lab.max()) if sel.any() else 0
-    return out
+    k = class k): :func:`~napari_biomedparse.inference.instances.class_instances`, the
+    instance step of ``Predictor.recognize``. ``probs`` ``(P, h, w)`` (uint8 or float) guide
+    the splitting; ``split``: None = 8-connected components, else ``split_instances`` keyword
+    arguments (pixels)."""
+    from napari_biomedparse.inference.instances import class_instances
+
+    return class_instances(classes, probs, n_classes, split=split)
+
+
+def _claim(cls: np.ndarray, prob: np.ndarray, value: int, split: dict | None) -> np.ndarray:
+    """The window's class map with the unclassified nuclei of the recognition rule."""
+    from napari_biomedparse.inference.recognition import claim_unclassified
+
+    p = prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob
+    base = np.where(cls == value, 0, cls)
+    return claim_unclassified(base, p, value, split=split).astype(cls.dtype)
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -222,13 +200,17 @@ def label_block(
     halo: int = 64,
     max_halo: int = 1024,
     min_area: int = 1,
-    labeller: Callable = components,
+    split: dict | None = None,
+    agnostic: int | None = None,
     with_outlines: bool = True,
 ) -> BlockRecord:
     """Label block ``b``'s window and return the record of the objects it owns.
 
     ``classes`` (H, W) and ``probs`` (P, H, W) (or None) are array-likes sliced lazily
-    (numpy or zarr arrays); coordinates in output pixels.
+    (numpy or zarr arrays); coordinates in output pixels. ``agnostic``: index of the
+    class-agnostic target whose candidate pixels (class ``agnostic + 1``) are claimed per
+    object in the window, as ``Predictor.recognize`` does on the whole image
+    (:func:`~napari_biomedparse.inference.recognition.claim_unclassified`).
     """
     H, W = layout.shape
     cy0, cx0, cy1, cx1 = layout.core(b)
@@ -238,7 +220,9 @@ def label_block(
         wy1, wx1 = min(cy1 + h, H), min(cx1 + h, W)
         cls = np.asarray(classes[wy0:wy1, wx0:wx1])
         pw = None if probs is None else np.asarray(probs[:, wy0:wy1, wx0:wx1])
-        lab = label_window(cls, pw, n_classes, labeller)
+        if agnostic is not None and pw is not None:
+            cls = _claim(cls, pw[agnostic], agnostic + 1, split)
+        lab = label_window(cls, pw, n_classes, split)
         slices = ndi.find_objects(lab)
         anchors = _anchors(lab, slices)
         ay, ax = anchors[:, 0] + wy0, anchors[:, 1] + wx0

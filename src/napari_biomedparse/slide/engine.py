@@ -48,6 +48,7 @@ from .store import (
     read_state,
     write_meta,
 )
+from .tiling import slide_intensity_stats
 
 __all__ = ["process_slide", "process_slides", "SlideResult", "run_tiles"]
 
@@ -198,7 +199,7 @@ def process_slide(
     write_meta(group, meta)
 
     tissue = _tissue(group, image)
-    plan = plan.with_tissue(tissue, _plan.intensity_range(image))
+    plan = plan.with_tissue(tissue, slide_intensity_stats(image, plan.modality))
     grid, P, T, C = plan.grid, len(plan.prompts), plan.grid.tile_size, _plan.CHUNK
     (H, W), (ny, nx), nb = plan.shape, grid.grid_shape, plan.n_blocks
     _require(group, "tiles/probs", (ny, nx, P, T, T), (1, 1, P, T, T), "uint8")
@@ -232,7 +233,7 @@ def process_slide(
         rule = global_rule.apply_official_rule(
             group, image, grid, plan.prompts, modality=plan.modality,
             target_dist=m_meta.get("target_dist"), fill=plan.fill,
-            intensity_range=plan.intensity_range, cancel=cancel,
+            intensity=plan.intensity, cancel=cancel,
         )  # fmt: skip
 
     n_cut, n_levels, offsets = 0, 1, None
@@ -247,7 +248,8 @@ def process_slide(
                 plan.halo,
                 plan.max_halo,
                 plan.min_area,
-                plan.split_radius,
+                plan.split,
+                (rule or {}).get("agnostic"),
             )  # fmt: skip
             for b in range(nb)
         ]

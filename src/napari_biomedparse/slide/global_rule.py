@@ -28,16 +28,17 @@ from napari_biomedparse.inference.chunked_recognition import (
     decide,
     survivors,
 )
-from napari_biomedparse.inference.recognition import agnostic_index
+from napari_biomedparse.inference.recognition import agnostic_index, class_names
 
-from .tiling import TileGrid, to_rgb_uint8
+from .tiling import TileGrid, read_rgb
 
 __all__ = ["apply_official_rule", "read_output_rgb"]
 
 
-def read_output_rgb(image, grid: TileGrid, y0, x0, y1, x1, *, fill=255, intensity_range=None):
+def read_output_rgb(image, grid: TileGrid, y0, x0, y1, x1, *, fill=255, modality, stats=None):
     """RGB uint8 ``(y1-y0, x1-x0, 3)`` of an output-pixel rectangle (at ``grid.target_mpp``),
-    read from the nearest finer level and resampled as tiles are (PIL bilinear)."""
+    read from the nearest finer level and converted and resampled as tiles are
+    (:func:`.tiling.read_rgb`, :func:`~napari_biomedparse.inference.tiled.resize_tile`)."""
     from PIL import Image
 
     s = grid.scale
@@ -45,7 +46,7 @@ def read_output_rgb(image, grid: TileGrid, y0, x0, y1, x1, *, fill=255, intensit
     f = s / image.downsamples[lv]
     ly0, lx0 = int(math.floor(y0 * f + 1e-6)), int(math.floor(x0 * f + 1e-6))
     lh, lw = max(1, int(round((y1 - y0) * f))), max(1, int(round((x1 - x0) * f)))
-    rgb = to_rgb_uint8(image.read_region(ly0, lx0, lh, lw, level=lv, fill=fill), intensity_range)
+    rgb = read_rgb(image, lv, ly0, lx0, lh, lw, fill=fill, modality=modality, stats=stats)
     if rgb.shape[:2] != (y1 - y0, x1 - x0):
         rgb = np.asarray(Image.fromarray(rgb).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
     return rgb
@@ -61,12 +62,18 @@ def apply_official_rule(
     target_dist=None,
     p_threshold: float | None = 0.05,
     fill: int = 255,
-    intensity_range=None,
+    intensity=None,
     cancel=None,
 ) -> dict:
     """Rewrite ``classes/0`` of a blended store with the full official rule.
 
-    Returns ``{"p_values": [P floats, NaN = not testable], "kept": [target names]}``.
+    Returns ``{"p_values": [P floats, NaN = not testable], "kept": [target names],
+    "agnostic": index of the class-agnostic target when its unclassified nuclei are claimed
+    (it runs beside classes and passes the existence test, as in
+    :func:`~napari_biomedparse.inference.recognition.recognize_maps`), else None}``.
+    ``classes/0`` then holds its candidate pixels (its mask where no class is); the instance
+    stage keeps the objects of which the classes claim less than half
+    (:func:`~napari_biomedparse.inference.recognition.claim_unclassified`, per block window).
     """
     from .store import RunCancelled
 
@@ -88,7 +95,7 @@ def apply_official_rule(
         rgb = None
         if target_dist is not None:
             rgb = read_output_rgb(image, grid, y0, x0, y1, x1, fill=fill,
-                                  intensity_range=intensity_range)  # fmt: skip
+                                  modality=modality, stats=intensity)  # fmt: skip
         stats = stats + chunk_stats(q, rgb)
     pv = None if target_dist is not None else np.full(len(prompts), np.nan)
     dec = decide(stats, prompts, modality=modality, target_dist=target_dist, p_values=pv,
@@ -98,6 +105,10 @@ def apply_official_rule(
         check()
         assigned += assigned_counts(np.asarray(probs[:, y0:y1, x0:x1]), dec.kept)
     surv = survivors(stats, dec.kept, assigned)
+    if agn is not None:  # the agnostic target answers only when it passes the existence test
+        pa = dec.p_values[agn]
+        if p_threshold and not math.isnan(pa) and pa < p_threshold:
+            agn = None
     present: set[int] = set()
     for y0, x0, y1, x1 in boxes:
         check()
@@ -107,5 +118,6 @@ def apply_official_rule(
             cmap[(cmap == 0) & (q[agn] > 127)] = agn + 1
         present.update(int(v) - 1 for v in np.unique(cmap) if v > 0)
         classes[y0:y1, x0:x1] = cmap.astype(np.uint8)
-    kept = [prompts[i] for i in range(len(prompts)) if i in present]
-    return {"p_values": [float(v) for v in dec.p_values], "kept": kept}
+    names = class_names(prompts)  # the class-agnostic target is "unclassified nuclei"
+    kept = [names[i] for i in range(len(prompts)) if i in present]
+    return {"p_values": [float(v) for v in dec.p_values], "kept": kept, "agnostic": agn}

@@ -16,10 +16,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 # the shared post-processing defaults (minimum area, splitting radius, tissue mask)
-from napari_biomedparse.inference.postprocess import MIN_AREA_UM2, NUCLEUS_RADIUS_UM, TISSUE_MASK
+from napari_biomedparse.inference.postprocess import (
+    MIN_AREA_UM2,
+    TISSUE_MASK,
+    instance_defaults,
+    min_area_px,
+)
+from napari_biomedparse.inference.tiled import rescale_factor
 from napari_biomedparse.inference.validate import (
     check_mpp,
     check_tile_read,
@@ -65,6 +69,8 @@ def resolve_geometry(modality, mpp, tile_size, overlap, image_mpp, model=None):
             "process_slide(..., slide_mpp=0.25) or on the command line --slide-mpp 0.25."
         )
     target = float(image_mpp if native else (mpp if mpp is not None else d["mpp"]))
+    if rescale_factor(image_mpp, target) is None:  # within 1 %: the image's own pixels, as
+        target = float(image_mpp)  # Predictor.segment / recognize do (one rule, inference.tiled)
     # bounded before any work (inference/validate.py): finite, in range, not absurdly fine
     image_mpp = check_mpp(image_mpp, name="the image's pixel size (slide_mpp)")
     target = check_mpp(target, name="mpp", source_mpp=image_mpp)
@@ -96,19 +102,6 @@ def source_identity(image: SlideImage) -> dict:
     return {"name": Path(image.path).name if image.path else "array", **key}
 
 
-def intensity_range(image: SlideImage) -> tuple[float, float] | None:
-    """(lo, hi) percentiles 0.5 / 99.5 of the lowest level for non-uint8 slides, else None."""
-    if image.dtype == np.uint8:
-        return None
-    # local threads even when a distributed Client is the default scheduler
-    low = np.asarray(image.levels[-1][:2048, :2048].compute(scheduler="threads"), np.float32)
-    low = low[np.isfinite(low)]  # NaN / inf pixels take no part in the range
-    lo, hi = np.percentile(low, [0.5, 99.5]) if low.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return float(lo), float(hi)
-
-
 @dataclass(frozen=True)
 class SlidePlan:
     """Every decision of one run. Lengths in output pixels (at ``grid.target_mpp``)."""
@@ -131,7 +124,7 @@ class SlidePlan:
     selected: tuple[int, ...] = field(default=(), repr=False)
     batches: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
     fill: int = 255
-    intensity_range: tuple[float, float] | None = None
+    intensity: dict | None = None  # the slide's preset statistics (tiling.slide_intensity_stats)
 
     # the resume key ---------------------------------------------------------------------
     @property
@@ -169,7 +162,7 @@ class SlidePlan:
 
     @property
     def min_area(self) -> int:
-        return max(1, int(round(self.min_area_um2 / self.grid.target_mpp**2)))
+        return min_area_px(self.grid.target_mpp, self.min_area_um2)
 
     @property
     def halo(self) -> int:
@@ -180,15 +173,22 @@ class SlidePlan:
         return max(self.halo, int(round(MAX_HALO_UM / self.grid.target_mpp)))
 
     @property
-    def split_radius(self) -> float | None:
-        """None = connected components; NaN = split, radius estimated (no pixel size)."""
+    def split(self) -> dict | None:
+        """The instance step's ``split_instances`` arguments in output pixels, those of
+        ``Predictor.recognize`` (:func:`~napari_biomedparse.inference.postprocess.
+        instance_defaults`); without a pixel size the radius is estimated from the mask.
+        None = connected components (``instances="components"``)."""
         if self.instances != "split":
             return None
-        return NUCLEUS_RADIUS_UM / self.grid.target_mpp if self.physical else float("nan")
+        if self.physical:
+            return instance_defaults(self.grid.target_mpp, self.min_area_um2)
+        return {"min_size": self.min_area}
 
-    def with_tissue(self, tissue, intensity: tuple[float, float] | None) -> SlidePlan:
+    def with_tissue(self, tissue, intensity: dict | None) -> SlidePlan:
         """The plan with its tiles: those with at least 1 % tissue (all without the mask),
-        cut into fixed batches of ``batch_size``; background fill white for brightfield."""
+        cut into fixed batches of ``batch_size``; background fill white for brightfield;
+        ``intensity``: the slide's statistics for the modality preset
+        (:func:`.tiling.slide_intensity_stats`)."""
         g, s = self.grid, self.grid.scale
         selected = []
         for k in range(g.n_tiles):
@@ -205,7 +205,7 @@ class SlidePlan:
             selected=tuple(selected),
             batches=batches,
             fill=255 if tissue.brightfield else 0,
-            intensity_range=intensity,
+            intensity=intensity,
         )
 
 

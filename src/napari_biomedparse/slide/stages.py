@@ -36,8 +36,7 @@ import numpy as np
 
 from napari_biomedparse.inference.tiled import resize_probs
 
-from .blockwise import BlockLayout, BlockRecord, components, label_block, paint_block
-from .blockwise import split_labeller as _split_labeller
+from .blockwise import BlockLayout, BlockRecord, label_block, paint_block
 from .readers import SlideImage
 from .stitching import blend_chunks
 from .store import RunCancelled, open_group, save_npz_atomic
@@ -73,7 +72,8 @@ def run_tiles(
     prompts,
     *,
     fill: int = 255,
-    intensity_range: tuple[float, float] | None = None,
+    modality: str = "pathology",
+    intensity: dict | None = None,
     readers: int = 2,
     read_ahead: int = 2,
     progress=None,
@@ -129,7 +129,7 @@ def run_tiles(
 
     def submit(batch):
         return [
-            pool.submit(read_tile, image, grid, k, S, fill=fill, intensity_range=intensity_range)
+            pool.submit(read_tile, image, grid, k, S, fill=fill, modality=modality, stats=intensity)
             for k in batch
         ]
 
@@ -189,7 +189,8 @@ class TileUnit:
     batches: tuple
     prompts: tuple
     fill: int
-    intensity_range: tuple[float, float] | None
+    modality: str
+    intensity: dict | None  # the slide's preset statistics (tiling.slide_intensity_stats)
     readers: int
 
     @property
@@ -216,7 +217,8 @@ def tile_units(store, plan, batches, workers: int) -> list[TileUnit]:
             tuple(tuple(b) for b in batches[i : i + per]),
             tuple(plan.prompts),
             plan.fill,
-            plan.intensity_range,
+            plan.modality,
+            plan.intensity,
             plan.readers,
         )
         for i in range(0, len(batches), per)
@@ -246,7 +248,8 @@ def tile_task(unit: TileUnit, env) -> int:
         todo,
         list(unit.prompts),
         fill=unit.fill,
-        intensity_range=unit.intensity_range,
+        modality=unit.modality,
+        intensity=unit.intensity,
         readers=unit.readers,
         progress=lambda d, t, m: env.report(skipped + d),
         cancel=env.cancel,
@@ -297,9 +300,9 @@ def block_file(store, b: int) -> Path:
 
 @dataclass(frozen=True)
 class LabelUnit:
-    """Label one block (with its halo) into its record file. ``split_radius``: None =
-    8-connected components, else ``split_instances`` at this radius (output px; NaN = let it
-    estimate the size)."""
+    """Label one block (with its halo) into its record file. ``split``: None = 8-connected
+    components, else the ``split_instances`` keyword arguments (output px) of the instance
+    step shared with ``Predictor.recognize`` (:attr:`.plan.SlidePlan.split`)."""
 
     store: str
     layout: BlockLayout
@@ -308,7 +311,8 @@ class LabelUnit:
     halo: int
     max_halo: int
     min_area: int
-    split_radius: float | None
+    split: dict | None
+    agnostic: int | None = None  # the class-agnostic target (global_rule.apply_official_rule)
 
     size = 1
 
@@ -320,11 +324,6 @@ def label_task(unit: LabelUnit, env) -> int:
     if env.cancel is not None and env.cancel.is_set():
         raise RunCancelled("cancelled")
     group = open_group(unit.store, "r")
-    if unit.split_radius is None:
-        labeller = components
-    else:
-        r = unit.split_radius
-        labeller = _split_labeller(None if r != r else r)
     rec = label_block(
         group["classes/0"],
         group["probs/0"],
@@ -334,7 +333,8 @@ def label_task(unit: LabelUnit, env) -> int:
         halo=unit.halo,
         max_halo=unit.max_halo,
         min_area=unit.min_area,
-        labeller=labeller,
+        split=unit.split,
+        agnostic=unit.agnostic,
     )
     f.parent.mkdir(exist_ok=True)
     save_npz_atomic(f, **rec.to_arrays())

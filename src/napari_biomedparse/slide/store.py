@@ -48,7 +48,9 @@ __all__ = [
     "open_group",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = (
+    2  # 2: tiles inside the image (inference.tiled.TileGrid), per-slide preset statistics
+)
 ATTR = "biomedparse_slide"
 
 
