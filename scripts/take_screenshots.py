@@ -82,6 +82,44 @@ def _screen(app, window):
     return arr[:, : img.width() * 3].reshape(img.height(), img.width(), 3).copy()
 
 
+def _class_colors(viewer) -> list:
+    """RGB colours of every class in the viewer's layers (and the common ones)."""
+    from napari_biomedparse.inference.objects import CLASS_COLORS, class_color
+
+    names = set()
+    for lay in viewer.layers:
+        feats = getattr(lay, "features", None)
+        if feats is not None and "class" in feats.columns:
+            names |= set(feats["class"].astype(str))
+    return list(dict.fromkeys([*(class_color(n) for n in sorted(names)), *CLASS_COLORS.values()]))
+
+
+def _quantize(img, colors: int, fixed: list):
+    """A palette image of ``colors`` colours in which the ``fixed`` colours are exact: small
+    areas (the outlines, the legend's squares) would otherwise take the nearest colour of a
+    palette made for the tissue."""
+    from PIL import Image
+
+    fixed = fixed[: colors // 2]
+    base = img.quantize(colors=colors - len(fixed), dither=Image.Dither.NONE)
+    palette = base.getpalette()[: 3 * (colors - len(fixed))]
+    palette += [c for rgb in fixed for c in rgb]
+    pal = Image.new("P", (1, 1))
+    pal.putpalette(palette + [0] * (768 - len(palette)))
+    return img.quantize(palette=pal, dither=Image.Dither.NONE)
+
+
+def _central_row(results) -> int:
+    """The results table's row of the object nearest the middle of its layer."""
+    import numpy as np
+
+    feats = results.labels_layer.features
+    shape = np.asarray(results.labels_layer.data.shape[-2:], dtype=float)
+    yx = feats[["centroid_y", "centroid_x"]].to_numpy(float)
+    label = int(feats["index"].iloc[int(np.argmin(((yx - shape / 2) ** 2).sum(1)))])
+    return int(np.flatnonzero(results._rows == label)[0])
+
+
 def _save(viewer, app, name: str, colors: int = 128, screen: bool = False):
     from PIL import Image
 
@@ -90,7 +128,7 @@ def _save(viewer, app, name: str, colors: int = 128, screen: bool = False):
         arr = _screen(app, viewer.window._qt_window)
     else:
         arr = viewer.screenshot(canvas_only=False, flash=False)
-    img = Image.fromarray(arr[..., :3]).quantize(colors=colors, dither=Image.Dither.NONE)
+    img = _quantize(Image.fromarray(arr[..., :3]), colors, _class_colors(viewer))
     path = OUT / f"{name}.png"
     img.save(path, optimize=True)
     print(
@@ -150,7 +188,7 @@ def main(argv=None):
     _scroll(rec, top=True)
     _save(viewer, app, "recognize")
     # the results view: counts, the objects table linked to the canvas, export
-    rec.results.select_row(3)
+    rec.results.select_row(_central_row(rec.results))
     viewer.camera.zoom *= 3
     _scroll(rec, top=False)
     _save(viewer, app, "results")
@@ -190,7 +228,7 @@ def main(argv=None):
     viewer.camera.zoom = viewer.camera.zoom * 4
     _save(viewer, app, "slide")
 
-    # 5. A small window (853 px): the docked widget scrolls, the canvas keeps its room
+    # 5. A small window (853 px): the plugin's dock narrows to 200 px, its fields shrink
     viewer.window._qt_window.resize(853, 640)
     _settle(app, 20)
     canvas = viewer.window._qt_viewer.canvas.native.width()

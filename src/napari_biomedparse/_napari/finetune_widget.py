@@ -29,7 +29,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 
 from ._runner import RunControls
-from ._widgets._common import layer_choice
+from ._widgets._common import ScrollableForm, layer_choice, wrap_text
 
 START_CURRENT = "current model"
 START_DEFAULT = "default model"
@@ -117,7 +117,7 @@ def run_finetune(
     )
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(ScrollableForm, Container):
     """Fine-tune the model on an Image layer annotated by a Labels layer."""
 
     def __init__(self, napari_viewer=None):
@@ -140,14 +140,17 @@ class FinetuneWidget(Container):
         self.freeze_backbone = CheckBox(value=True, text="freeze image backbone")
         self.freeze_pixel_decoder = CheckBox(value=False, text="freeze pixel decoder")
         self.freeze_text = CheckBox(value=True, text="freeze text encoder")
-        self.holdout = CheckBox(value=True, text="hold out the bottom-right quarter for validation")
+        self.holdout = CheckBox(value=True, text="hold out a quarter")
+        self.holdout.tooltip = "Hold out the bottom-right quarter of the image for validation."
         default_out = Path(tempfile.gettempdir()) / "napari-biomedparse" / "finetuned.safetensors"
         self.output = FileEdit(mode="w", value=default_out, filter="*.safetensors", label="save to")
         self.device = ComboBox(choices=("auto", "cpu", "cuda", "mps"), value="auto", label="device")
-        self.use_after = CheckBox(value=True, text="use the fine-tuned model afterwards")
-        self.result = Label(value="")
+        self.use_after = CheckBox(value=True, text="use it afterwards")
+        self.use_after.tooltip = "Make the fine-tuned model the current one when it is done."
+        self.result = wrap_text(Label(value=""))
         self.run = RunControls("Fine-tune")
         super().__init__(
+            scrollable=True,
             widgets=[
                 self.image,
                 self.labels_layer,
@@ -166,10 +169,11 @@ class FinetuneWidget(Container):
                 self.use_after,
                 self.run,
                 self.result,
-            ]
+            ],
         )
         self.last_result = None
         self.run.run_button.changed.connect(self.start)
+        self._fit_dock()
 
     # -- inputs
     def _freeze(self) -> tuple[str, ...]:

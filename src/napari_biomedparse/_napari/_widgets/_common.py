@@ -13,7 +13,14 @@ from magicgui.widgets import create_widget
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QDockWidget, QMainWindow, QWidget
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QComboBox,
+    QDockWidget,
+    QMainWindow,
+    QSizePolicy,
+    QWidget,
+)
 from superqt.utils import ensure_main_thread
 
 from .. import _functions as F
@@ -183,14 +190,42 @@ DOCK_MIN_WIDTH = 200
 DOCK_WINDOW_FRACTION = 0.22
 #: Narrowest a choice box or a wrapped text may get (px) in a narrow dock.
 COMPACT_FIELD_WIDTH = 60
+#: Room (px) for a spin box's number ("0.05", "1024") beside its buttons.
+SPIN_TEXT_WIDTH = 45
+#: Docks narrower than this (px) show spin boxes without their +/- buttons.
+SPIN_BUTTONS_MIN_DOCK = 250
 
 
 def wrap_text(label):
     """Let a magicgui Label wrap its text over several lines, its length setting no width (at
-    least :data:`COMPACT_FIELD_WIDTH`); returns the label."""
+    least :data:`COMPACT_FIELD_WIDTH`) and its height always that of all its lines (a scroll
+    area's form would give it one line's height and clip the rest); returns the label. Call
+    :func:`fit_text_height` after changing its text."""
     label.native.setWordWrap(True)
     label.native.setMinimumWidth(COMPACT_FIELD_WIDTH)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    label.native._biomedparse_fit = _FitHeight(label.native)
     return label
+
+
+def fit_text_height(label) -> None:
+    """Make a :func:`wrap_text` label as tall as its wrapped text at its current width."""
+    native = label.native
+    native.setMinimumHeight(max(native.heightForWidth(max(native.width(), 1)), 0))
+
+
+class _FitHeight(QObject):
+    def __init__(self, label):
+        super().__init__(label)
+        self.label = label
+        label.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Resize:
+            height = obj.heightForWidth(obj.width())
+            if height > 0 and obj.minimumHeight() != height:
+                obj.setMinimumHeight(height)
+        return False
 
 
 def dock_width_limit(window_width: int, max_width: int = DOCK_MAX_WIDTH) -> int:
@@ -228,7 +263,7 @@ class ScrollableForm:
             box.setMinimumContentsLength(6)
             box.setMinimumWidth(COMPACT_FIELD_WIDTH)
         for box in area.findChildren(QAbstractSpinBox):  # napari's style: min-width 70px
-            box.setStyleSheet(f"min-width: {COMPACT_FIELD_WIDTH - 30}px;")
+            box.setStyleSheet(f"min-width: {SPIN_TEXT_WIDTH}px;")
         for w in self:  # rows without a label (buttons, check boxes, results): full width
             row = w._labeled_widget() if getattr(w, "_labeled_widget", None) else None
             if row is not None and not row._label_widget.value:
@@ -279,6 +314,16 @@ class _DockFitter(QObject):
         limit = dock_width_limit(win.width(), self.max_width)
         if self.area.maximumWidth() != limit:
             self.area.setMaximumWidth(limit)
+        # a narrow dock leaves a spin box's number no room beside its +/- buttons: the
+        # buttons go (arrow keys and the mouse wheel still step the value)
+        symbols = (
+            QAbstractSpinBox.ButtonSymbols.NoButtons
+            if limit < SPIN_BUTTONS_MIN_DOCK
+            else QAbstractSpinBox.ButtonSymbols.UpDownArrows
+        )
+        for box in self.area.findChildren(QAbstractSpinBox):
+            if box.buttonSymbols() != symbols:
+                box.setButtonSymbols(symbols)
 
     def _dock(self, widget):
         while widget is not None and not isinstance(widget, QDockWidget):

@@ -38,7 +38,11 @@ class RecognizeWidget(ModalitySiteForm, Container):
         self.targets = Label(value="", label="targets")
         wrap_text(self.targets)  # the whole text, on several lines
         self.p_threshold = FloatSpinBox(
-            value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
+            value=0.05, min=0.0001, max=1.0, step=0.01, label="max p-value"
+        )
+        self.p_threshold.tooltip = (
+            "p-value threshold of the existence test: a target with a larger p-value is "
+            "taken as absent from the image."
         )
         self.scope = ComboBox(
             choices=[CURRENT_VIEW, WHOLE_IMAGE], value=CURRENT_VIEW, label="run on", visible=False

@@ -23,7 +23,7 @@ from qtpy.QtCore import Qt
 from napari_biomedparse.inference.objects import class_color
 
 from .. import _functions as F
-from ._common import wrap_text
+from ._common import fit_text_height, wrap_text
 
 #: Rows shown in the table (all objects are exported; a slide can have millions).
 MAX_ROWS = 5000
@@ -108,12 +108,14 @@ class ResultsView(Container):
         counts = self.counts_by_class
         total = sum(counts.values())
         # a legend: each class in its colour (the one colour table, as drawn in the canvas)
-        self.counts.value = f"{total} objects" + (
-            ":<br>"
-            + "<br>".join(f"{_swatch(name)} {escape(name)} {n}" for name, n in counts.items())
-            if total
-            else ""
+        rows = "".join(
+            f"<tr><td>{_swatch(name)}</td><td>{escape(name)} {n}</td></tr>"
+            for name, n in counts.items()
         )
+        self.counts.value = f"{total} objects" + (
+            f":<table cellspacing=0 cellpadding=1>{rows}</table>" if total else ""
+        )
+        fit_text_height(self.counts)
         for lay in self._instances:
             lay.mouse_drag_callbacks.append(self._canvas_clicked)
             lay.events.selected_label.connect(self._label_selected)

@@ -56,7 +56,11 @@ class SegmentWidget(ModalitySiteForm, Container):
         self.threshold = FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, label="threshold")
         self.existence_test = CheckBox(value=True, text="existence test")
         self.p_threshold = FloatSpinBox(
-            value=0.05, min=0.0001, max=1.0, step=0.01, label="p-value threshold"
+            value=0.05, min=0.0001, max=1.0, step=0.01, label="max p-value"
+        )
+        self.p_threshold.tooltip = (
+            "p-value threshold of the existence test: a target with a larger p-value is "
+            "taken as absent from the image."
         )
         self.output = ComboBox(choices=OUTPUT_CHOICES, value="instances", label="output")
         self.scope = ComboBox(
