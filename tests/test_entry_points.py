@@ -88,7 +88,7 @@ def test_process_slide_and_recognize_give_the_same_objects(
     if with_nuclei:
         assert UNCLASSIFIED in rec.class_names and CLASS_AGNOSTIC not in rec.class_names
     _assert_same_objects(slide_labels, rec.labels)
-    # the same classes: the majority class of each slide object is the recogniser's
+    # the same class map, pixel by pixel (unclassified nuclei only where an object is
+    # claimed); measured 11 of 409,600 pixels differ with nuclei, at the 0.5 threshold
     classes = np.asarray(res.classes[0])
-    both = (slide_labels > 0) & (rec.labels > 0)
-    assert (classes[both] == rec.classes[both]).mean() >= 0.99
+    assert (classes == rec.classes).mean() >= 0.999

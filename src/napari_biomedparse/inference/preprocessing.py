@@ -19,7 +19,8 @@ Extensions beyond the official code (documented where they act): NaN / +-inf pix
 lower / upper clipping bound, bounds computed on finite pixels), constant images (mapped to 0
 instead of dividing by zero), 16-bit or float RGB (clipped jointly over the channels),
 multichannel images (``channels=`` picks 1, 2 or 3 channels, each scaled on its own), RGB
-uint8 images with a CT modality (taken as already windowed).
+uint8 images with a CT modality (taken as already windowed), images without a pixel > 0
+(percentiles over all finite pixels: negative floats are scaled, not blacked out).
 
 :func:`unpad` maps model outputs back to the input's pixel grid: bilinear resize (the official
 upsampling, ``align_corners=False``) to the padded shape, then the padding is cropped away.
@@ -90,12 +91,16 @@ def _replace_nonfinite(x: np.ndarray, lower: float, upper: float) -> np.ndarray:
 
 def _bounds(x: np.ndarray, window) -> tuple[float, float, float, float] | None:
     """(lower, upper, lo, hi) of the official rule for ``x``: clipping bounds and the clipped
-    image's min and max (None: no pixel > 0 and no window, the image maps to zeros)."""
+    image's min and max. An image without a pixel > 0 (which the official rule cannot scale)
+    takes its percentiles over every finite pixel; None: no finite pixel and no window, the
+    image maps to zeros."""
     finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
     if window is not None:
         lower, upper = window
     else:
         vals = x[finite & (x > 0)] if finite is not None else x[x > 0]
+        if vals.size == 0:  # no pixel > 0 (e.g. negative floats): from every finite pixel
+            vals = x[finite] if finite is not None else x.reshape(-1)
         if vals.size == 0:
             return None
         lower, upper = np.percentile(vals, 0.5), np.percentile(vals, 99.5)

@@ -7,18 +7,19 @@ H&E field to 256 px shrinks its nuclei about 6 times. Such a model says so in it
 
     model.metadata["inference"] = {"mode": "tiled", "tile_size": 256, "overlap": 32, "mpp": 0.5}
 
-(absent, or ``"mode": "whole"``: the official whole-image semantics; ``tile_size`` records the
-training tile size, the tasks tile at the model's input size, which ``predict_batch`` takes;
-``mpp`` is the pixel size of the training images in microns). :func:`inference_spec`
-reads it; :mod:`.tasks` (``segment`` / ``detect`` / ``recognize``) then runs
-:func:`predict_tiled` on the preprocessed RGB image instead of padding it to a square and
-resizing it, after rescaling the image to the model's ``mpp`` when the caller gives the
-image's (:func:`rescale_rgb`, :func:`resize_probs`).
+(absent, or ``"mode": "whole"``: the official whole-image semantics; ``tile_size`` is the
+tile edge at ``mpp``, the pixel size of the training images in microns; each tile is resized
+to the model input, which ``predict_batch`` takes). :func:`inference_spec` reads it;
+:mod:`.tasks` (``segment`` / ``detect`` / ``recognize``) then runs :func:`predict_tiled` on the
+preprocessed RGB image instead of padding it to a square and resizing it, with the geometry of
+``application_defaults`` (model first, modality second), as the slide engine does.
 
-:func:`predict_tiled`: overlapping tiles of ``tile_size`` px (images smaller than a tile are
-zero-padded, as the official padding), batched through ``predictor.predict_batch``, blended
-with weights that fall off linearly over ``overlap`` px towards each tile edge (the slide
-engine's blending), so that tile borders, where the model sees least context, count least.
+One tile geometry, :class:`TileGrid`, for arrays and slides: :func:`predict_tiled` reads the
+tiles of an array with :func:`read_tile` exactly as ``slide.tiling.read_tile`` reads them from
+a slide (tiles inside the image, the source window of a tile resized straight to the model
+input when the image's pixel size differs from the model's), and blends them with
+:func:`blend_weights` in tile order as ``slide.stitching`` does, so that ``recognize`` on an
+array and ``process_slide`` on it give the same objects (``tests/test_entry_points.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ __all__ = [
     "inference_spec",
     "predict_tiled",
     "rescale_factor",
-    "rescale_rgb",
     "resize_probs",
     "tile_origins",
 ]
@@ -357,17 +357,6 @@ def rescale_factor(image_mpp: float | None, model_mpp: float | None) -> float | 
         return None
     f = float(image_mpp) / float(model_mpp)
     return None if abs(f - 1.0) < 0.01 else f
-
-
-def rescale_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """Zoom an (H, W, 3) uint8 image by ``factor`` (linear interpolation, anti-aliased when
-    shrinking; ``skimage.transform.rescale``)."""
-    from skimage.transform import rescale
-
-    out = rescale(
-        rgb, factor, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=factor < 1
-    )
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def resize_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -12,8 +12,8 @@ stage      unit                              writes
 =========  ================================  ===========================================
 tiles      :class:`TileUnit` (batches)       ``tiles/probs[i, j]`` then ``tiles/state``
 blending   :class:`BlendUnit` (a chunk row)  ``probs/0``, ``classes/0``, ``probs_state``
-instances  :class:`LabelUnit` (a block)      ``blocks/b_<b>.npz`` (the block's objects)
-painting   :class:`PaintUnit` (a block row)  ``labels/0`` (the cores of its blocks)
+instances  :class:`LabelUnit` (a block)      ``blocks/b_<b>.npz`` (its objects), ``u_<b>.npz``
+painting   :class:`PaintUnit` (a block row)  ``labels/0`` (and unclaimed ``classes/0``) of its cores
 =========  ================================  ===========================================
 
 (About 440 lines: the four stages' units and tasks are kept together so that the table
@@ -298,6 +298,11 @@ def block_file(store, b: int) -> Path:
     return Path(store) / "blocks" / f"b_{b}.npz"
 
 
+def unclaimed_file(store, b: int) -> Path:
+    """Block ``b``'s class-agnostic candidate pixels that no object claims (core, bool)."""
+    return Path(store) / "blocks" / f"u_{b}.npz"
+
+
 @dataclass(frozen=True)
 class LabelUnit:
     """Label one block (with its halo) into its record file. ``split``: None = 8-connected
@@ -337,6 +342,8 @@ def label_task(unit: LabelUnit, env) -> int:
         agnostic=unit.agnostic,
     )
     f.parent.mkdir(exist_ok=True)
+    if rec.unclaimed is not None and rec.unclaimed.any():  # before the record: resume-safe
+        save_npz_atomic(unclaimed_file(unit.store, unit.block), mask=rec.unclaimed)
     save_npz_atomic(f, **rec.to_arrays())
     return 1
 
@@ -359,7 +366,8 @@ class PaintUnit:
 
 
 def paint_task(unit: PaintUnit, env) -> int:
-    labels = open_group(unit.store, "r+")["labels/0"]
+    group = open_group(unit.store, "r+")
+    labels = group["labels/0"]
     offsets = dict(unit.offsets)
     # LRU of block records: a 3 x 3 neighbourhood moving along a row needs ~9 of them
     cache: collections.OrderedDict[int, BlockRecord] = collections.OrderedDict()
@@ -380,6 +388,12 @@ def paint_task(unit: PaintUnit, env) -> int:
         core = paint_block(unit.layout, b, near, offsets)
         if core.any():
             labels[cy0:cy1, cx0:cx1] = core
+        u = unclaimed_file(unit.store, b)
+        if u.exists():  # the unclassified nuclei: only the claimed candidates stay in classes
+            with np.load(u) as a:
+                drop = a["mask"]
+            cls = np.asarray(group["classes/0"][cy0:cy1, cx0:cx1])
+            group["classes/0"][cy0:cy1, cx0:cx1] = np.where(drop, 0, cls).astype(cls.dtype)
         env.report(n + 1)
     return unit.size
 
