@@ -490,7 +490,7 @@ def test_docks_leave_the_canvas_most_of_a_small_window(make_napari_viewer, qtbot
     """In an 853 px window the plugin's docks share one tabbed dock no wider than
     ``dock_width_limit``, their forms fit it (no sideways scrolling) and the canvas stays the
     widest part; a long status line is elided to the dock's width on one line."""
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QAbstractSpinBox, QApplication
 
     from napari_biomedparse._napari._widgets._common import DOCK_MIN_WIDTH, dock_width_limit
 
@@ -518,6 +518,12 @@ def test_docks_leave_the_canvas_most_of_a_small_window(make_napari_viewer, qtbot
         room = limit - 2 * area.frameWidth() - area.verticalScrollBar().sizeHint().width()
         assert form.minimumSizeHint().width() <= room, name
         assert dock.width() <= limit + 10 and canvas > 1.5 * dock.width(), name
+        for spin in area.findChildren(QAbstractSpinBox):  # its number is readable
+            edit = spin.lineEdit()
+            assert edit.width() >= edit.fontMetrics().horizontalAdvance(spin.text()), name
+    # a wrapped text takes the dock's width (not one word per line)
+    counts = docks["Slide processing"][1].result_view.counts.native
+    assert counts.width() > 0.8 * docks["Slide processing"][1].native.widget().width()
     # a finished run's status line: one line, elided to the label, the whole text kept
     run = docks["Recognize all"][1].run
     text = "Recognize all: done in 89.6 s, and a message longer than the dock is wide"
