@@ -25,7 +25,8 @@ tests and small images).
 Not included: the class-agnostic ``nuclei`` target beside class targets is left out of steps
 1-3 as in :func:`~.recognition.recognize_maps`, but its object-level claim of unclassified
 nuclei (:func:`~.recognition.claim_unclassified`) needs instances, which the slide engine
-builds block by block; it is applied there, not in these passes.
+builds block by block; it is applied there (``slide.blockwise.label_block``, per block window),
+not in these passes.
 """
 
 from __future__ import annotations

@@ -20,11 +20,14 @@ How the model is applied depends on what its metadata declares (:mod:`.tiled`):
   probabilities are mapped back to the input's grid (:func:`~.preprocessing.unpad`).
 - tiled (mode "tiled", models trained on tiles such as the bundled default model): only the
   intensity part of the preset is applied (:func:`~.preprocessing.to_rgb_uint8`), the image
-  is predicted in overlapping tiles at its own resolution (:func:`~.tiled.predict_tiled`,
-  needs ``predictor.predict_batch``), after rescaling it to the model's ``mpp`` when the caller
+  is predicted in overlapping tiles on the slide engine's grid (:func:`~.tiled.predict_tiled`,
+  needs ``predictor.predict_batch``; geometry from
+  :func:`~.application.application_defaults`), read at the model's ``mpp`` when the caller
   gives the image's ``mpp`` (probabilities resized back); the existence test is computed once
   per prompt on the whole image at its native resolution (RGB and probabilities of the input's
-  size), not per tile.
+  size), not per tile. Recognition then runs the instance step the slide engine runs
+  (:func:`~.instances.class_instances`), so ``recognize`` on an array and ``process_slide`` on
+  it give the same objects (``tests/test_entry_points.py``).
 
 The strategy is chosen once per call (:func:`strategy`, a :class:`Strategy`); per image the
 work goes through small dataclasses (``_Maps``, ``_Detected``, ``_Recognized``). Progress and

@@ -91,18 +91,12 @@ def inference_spec(model_or_metadata) -> dict | None:
 
 
 def tile_origins(shape: tuple[int, int], tile: int, overlap: int = 32) -> list[tuple[int, int]]:
-    """Origins (y, x) of tiles of side ``tile`` inside an (H, W) image with ``overlap`` (the
-    last tile of a row / column ends at the image edge). Training's covering of an annotated
-    image (``training.data.tiles_covering``); prediction uses :class:`TileGrid`."""
-    h, w = shape
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        step = max(tile - overlap, 1)
-        return sorted(set(range(0, n - tile, step)) | {n - tile})
-
-    return [(y, x) for y in starts(h) for x in starts(w)]
+    """Origins (y, x) of the :class:`TileGrid` tiles of side ``tile`` that cover an (H, W)
+    image with ``overlap`` (made even and below ``tile / 2``, :func:`grid_overlap`): inside
+    the image, the last tile of a row / column ending at its edge. Training's covering of an
+    annotated image (``training.data.tiles_covering``) is this grid."""
+    grid = TileGrid(tuple(int(v) for v in shape), 1.0, 1.0, int(tile), grid_overlap(tile, overlap))
+    return [grid.extent(k)[:2] for k in range(grid.n_tiles)]
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ the image-wide suppression and area rule) is computed from per-chunk sums in thr
 the result; the existence statistics use the slide's RGB read at the same pixels. Equal to
 :func:`~napari_biomedparse.inference.recognition.recognize_maps` on the whole slide at once
 (``tests/test_slide_global_rule.py``). The class-agnostic ``nuclei`` target beside classes
-takes no part in the rule and keeps the pixels no surviving class holds, as in
-:func:`~napari_biomedparse.slide.stitching.class_map`.
+takes no part in the rule; when it passes the existence test its pixels that no surviving
+class holds are written as candidates, and the instance stage keeps those of the objects the
+classes claim less than half of (``blockwise.label_block``, as
+:func:`~napari_biomedparse.inference.recognition.recognize_maps` does on a whole image).
 
 A model without existence statistics (``metadata["target_dist"]`` absent) gets NaN p-values
 (not testable: nothing is filtered, the suppression and area rule still apply).

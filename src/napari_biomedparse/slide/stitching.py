@@ -15,7 +15,9 @@ one tile would depend on the whole field), so the slide engine applies the local
 a pixel belongs to ``argmax_p prob_p`` when that maximum exceeds ``threshold`` (0.5), else to
 background. Classes that are absent simply produce no pixels above 0.5. The class-agnostic
 ``nuclei`` map beside class maps (class name ``unclassified nuclei``) gets the pixels where it
-exceeds 0.5 and no class does (the local form of the recognition's unclassified rule).
+exceeds 0.5 and no class does: the candidates of the recognition's unclassified rule, which
+the instance stage claims per object (``blockwise.label_block``). With ``recognize`` the
+class map is rewritten by :mod:`.global_rule`.
 """
 
 from __future__ import annotations
