@@ -174,7 +174,7 @@ def main(argv=None):
     seg.start()
     _wait(app, seg)
     viewer.reset_view()
-    viewer.camera.zoom *= 1.6  # closer, so that outlines and class text are readable
+    viewer.scene.camera.zoom *= 1.6  # closer, so that outlines and class text are readable
     _save(viewer, app, "segment")
 
     # 2. Recognize all on the same field
@@ -189,7 +189,7 @@ def main(argv=None):
     _save(viewer, app, "recognize")
     # the results view: counts, the objects table linked to the canvas, export
     rec.results.select_row(_central_row(rec.results))
-    viewer.camera.zoom *= 3
+    viewer.scene.camera.zoom *= 3
     _scroll(rec, top=False)
     _save(viewer, app, "results")
     viewer.window.remove_dock_widget(dock)
@@ -205,7 +205,7 @@ def main(argv=None):
     for d in list(viewer.window.dock_widgets.values()):
         viewer.window.remove_dock_widget(d)
     viewer.open(str(ROOT / "src/napari_biomedparse/data/cmu_small_region.svs"), plugin=name)
-    viewer.scale_bar.visible = True
+    viewer.canvas.overlays.scale_bar.visible = True
     viewer.reset_view()
     _save(viewer, app, "reader")
     dock, sw = viewer.window.add_plugin_dock_widget(name, "Slide processing")
@@ -224,8 +224,8 @@ def main(argv=None):
     _save(viewer, app, "activity", screen=True)
     _wait(app, sw)
     viewer.window._status_bar._toggle_activity_dock(False)
-    viewer.camera.center = (1000.0, 560.0)
-    viewer.camera.zoom = viewer.camera.zoom * 4
+    viewer.scene.camera.center = (1000.0, 560.0)
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 4
     _save(viewer, app, "slide")
 
     # 5. A small window (853 px): the plugin's dock narrows to 200 px, its fields shrink

@@ -436,6 +436,7 @@ def test_progress_in_activity_dock_and_widget_then_results_view(
     assert inst.visible and inst.contour > 0 and inst.opacity == 1.0
     assert not viewer.layers["he outlines"].visible
     assert not viewer.layers["he classes"].visible
+    assert viewer.layers.selection.active is inst  # its controls (contour) are shown
     # the counts are a legend: each class in its colour of the one colour table
     from napari_biomedparse.inference.objects import class_color
 

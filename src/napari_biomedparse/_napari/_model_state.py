@@ -128,8 +128,9 @@ class ModelState:
         from napari_biomedparse.inference.predictor import Predictor
 
         pred = model if isinstance(model, Predictor) else Predictor(model, device=device)
+        where = str(getattr(pred, "device", None) or device)  # where it is, not "auto"
         with self._lock:
-            self.spec = ModelSpec("object", source=name, device=device)
+            self.spec = ModelSpec("object", source=name, device=where)
             self._predictor = pred
             self._loaded = self.spec
         self.changed.emit(self.spec)

@@ -121,6 +121,10 @@ class ResultsView(Container):
             lay.events.selected_label.connect(self._label_selected)
         self.which.value = names[0]
         self._show_layer()
+        if self.viewer is not None and self.labels_layer in self.viewer.layers:
+            # its controls (outline thickness, opacity) are the ones shown, not those of
+            # the last layer added (often the hidden Shapes)
+            self.viewer.layers.selection.active = self.labels_layer
 
     def _show_layer(self, *_) -> None:
         """Fill the table with the objects of the instance layer chosen in **table of**."""
