@@ -535,3 +535,22 @@ def test_docks_leave_the_canvas_most_of_a_small_window(make_napari_viewer, qtbot
     assert shown != text and shown.endswith("…")
     assert label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()
     assert label.sizeHint().height() < 2 * label.fontMetrics().lineSpacing()
+
+
+def test_numbers_readable_in_a_wide_window(make_napari_viewer, qtbot):
+    """In a 1280 px window the dock is wider than the 'no +/- buttons' limit: spin boxes keep
+    the buttons they were made with, and every number is readable."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    from napari_biomedparse._napari._widgets._common import SPIN_BUTTONS_MIN_DOCK
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    qtbot.wait(100)
+    dock, seg = viewer.window.add_plugin_dock_widget("napari-biomedparse", "Segment")
+    qtbot.wait(200)
+    assert seg.native.width() >= SPIN_BUTTONS_MIN_DOCK
+    assert seg.p_threshold.native.buttonSymbols() != QAbstractSpinBox.ButtonSymbols.NoButtons
+    for spin in seg.native.findChildren(QAbstractSpinBox):
+        edit = spin.lineEdit()
+        assert edit.width() >= edit.fontMetrics().horizontalAdvance(spin.text()), spin.text()

@@ -283,12 +283,15 @@ class _DockFitter(QObject):
         self.area, self.max_width = area, max_width
         self._window = lambda: None
         self.tabified = False
+        self._symbols: dict[int, object] = {}  # each spin box's own +/- buttons
         area.installEventFilter(self)
 
     def eventFilter(self, obj, event):  # noqa: N802 - Qt API
         kind = event.type()
         if obj is self.area and kind in (QEvent.Type.Show, QEvent.Type.ParentChange):
             QTimer.singleShot(0, self.attach)
+        elif obj is self.area and kind == QEvent.Type.Resize:
+            self.fit_spin_boxes(obj.width())
         elif kind == QEvent.Type.Resize and obj is self._window():
             self.fit(obj)
         return False
@@ -314,14 +317,15 @@ class _DockFitter(QObject):
         limit = dock_width_limit(win.width(), self.max_width)
         if self.area.maximumWidth() != limit:
             self.area.setMaximumWidth(limit)
-        # a narrow dock leaves a spin box's number no room beside its +/- buttons: the
-        # buttons go (arrow keys and the mouse wheel still step the value)
-        symbols = (
-            QAbstractSpinBox.ButtonSymbols.NoButtons
-            if limit < SPIN_BUTTONS_MIN_DOCK
-            else QAbstractSpinBox.ButtonSymbols.UpDownArrows
-        )
+
+    def fit_spin_boxes(self, width: int) -> None:
+        """A dock narrower than :data:`SPIN_BUTTONS_MIN_DOCK` leaves a spin box's number no
+        room beside its +/- buttons: the buttons go (arrow keys and the mouse wheel still
+        step the value), and come back when the dock is wider."""
+        narrow = width < SPIN_BUTTONS_MIN_DOCK
         for box in self.area.findChildren(QAbstractSpinBox):
+            own = self._symbols.setdefault(id(box), box.buttonSymbols())  # as it was made
+            symbols = QAbstractSpinBox.ButtonSymbols.NoButtons if narrow else own
             if box.buttonSymbols() != symbols:
                 box.setButtonSymbols(symbols)
 
