@@ -117,7 +117,7 @@ def test_v1_geometry_on_a_slide_resizes_64um_tiles_4x(v1_tiny, tmp_path):
 
     pred.predict_batch = predict_batch
     rng = np.random.default_rng(0)
-    slide = rng.integers(60, 200, size=(120, 120, 3), dtype=np.uint8)  # 60 um at 0.5 um/px
+    slide = rng.integers(60, 200, size=(240, 240, 3), dtype=np.uint8)  # 120 um at 0.5 um/px
     res = process_slide(
         slide,
         tmp_path / "run.zarr",
@@ -129,6 +129,7 @@ def test_v1_geometry_on_a_slide_resizes_64um_tiles_4x(v1_tiny, tmp_path):
     )
     p = res.params
     assert (p["mpp"], p["tile_size"], p["overlap"], p["input_size"]) == (0.25, 256, 32, 1024)
-    assert res.probs.shape == (1, 240, 240)  # 60 um at 0.25 um/px
+    assert res.probs.shape == (1, 480, 480)  # 120 um at 0.25 um/px
     assert seen and all(s[1:] == (1024, 1024, 3) for s in seen)
-    assert sum(s[0] for s in seen) == 4  # ceil(240 / 224) ** 2 tiles of 64 um
+    # tiles lie inside the image: origins 0 and 224 (= 480 - 256) per axis, 2 x 2 tiles of 64 um
+    assert sum(s[0] for s in seen) == 4

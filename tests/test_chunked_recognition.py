@@ -82,16 +82,19 @@ def test_suppression_combination_and_filter_are_global(real):
     ref, kept, _ = _reference(rgb, q4, targets, td, p_values=forced)
     got, kept2, _ = recognize_in_chunks(q4, targets, chunk=96, p_values=forced)
     assert np.array_equal(got, ref) and kept2 == kept and "inflammatory cells" not in kept
-    # the whole rule applied chunk by chunk (a tile-wise rule) is not the same rule
-    tilewise = np.zeros_like(ref)
+    # the whole rule applied chunk by chunk (a tile-wise rule) is not the same rule: the
+    # existence test then decides per chunk, and chunks of one image disagree with the image
+    # (a class the image has is dropped where a chunk holds little of it). How many pixels
+    # that moves depends on the model; the decisions are what the official rule fixes.
+    ref, kept, _ = _reference(rgb, q4, targets, td)
     p4 = q4.astype(np.float32) / 255
+    chunk_kept = set()
     for y in range(0, 384, 96):
         for x in range(0, 384, 96):
             sl = (slice(y, y + 96), slice(x, x + 96))
             pv_c = existence_p_values(rgb[sl], p4[(slice(None), *sl)], "pathology", targets, td)
-            tilewise[sl] = recognize_maps(p4[(slice(None), *sl)], targets, pv_c)[0]
-    ref, _, _ = _reference(rgb, q4, targets, td)
-    assert (tilewise != ref).mean() > 0.001
+            chunk_kept.add(tuple(recognize_maps(p4[(slice(None), *sl)], targets, pv_c)[1]))
+    assert chunk_kept - {tuple(kept)}, (chunk_kept, kept)
 
 
 def test_chunk_stats_add_up_and_round_trip(real):

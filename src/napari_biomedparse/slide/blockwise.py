@@ -85,9 +85,9 @@ class BlockRecord:
     outlines: list[np.ndarray] = field(default_factory=list)
     n_cut: int = 0
     halo: int = 0
-    # core pixels (h, w) bool of the class-agnostic candidates no object claims (label_block
-    # with ``agnostic``; saved beside the record, not in it: see stages.label_task)
-    unclaimed: np.ndarray | None = None
+    # core pixels (h, w) bool of the unclassified class after the claim (label_block with
+    # ``agnostic``; saved beside the record, not in it: see stages.label_task / paint_task)
+    claimed: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -223,11 +223,10 @@ def label_block(
         wy1, wx1 = min(cy1 + h, H), min(cx1 + h, W)
         cls = np.asarray(classes[wy0:wy1, wx0:wx1])
         pw = None if probs is None else np.asarray(probs[:, wy0:wy1, wx0:wx1])
-        unclaimed = None
+        claimed = None
         if agnostic is not None and pw is not None:
-            cand = cls == agnostic + 1
             cls = _claim(cls, pw[agnostic], agnostic + 1, split)
-            unclaimed = (cand & (cls != agnostic + 1))[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0]
+            claimed = (cls == agnostic + 1)[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0]
         lab = label_window(cls, pw, n_classes, split)
         slices = ndi.find_objects(lab)
         anchors = _anchors(lab, slices)
@@ -267,7 +266,7 @@ def label_block(
     }
     outlines: list[np.ndarray] = []
     if n == 0:
-        return BlockRecord((cy0, cx0), np.zeros((0, 0), np.int32), rows, [], n_cut, h, unclaimed)
+        return BlockRecord((cy0, cx0), np.zeros((0, 0), np.int32), rows, [], n_cut, h, claimed)
     oy0 = min(slices[i - 1][0].start for i in ids)
     ox0 = min(slices[i - 1][1].start for i in ids)
     oy1 = max(slices[i - 1][0].stop for i in ids)
@@ -296,7 +295,7 @@ def label_block(
         sub[m] = local
         if with_outlines:
             outlines.append(outline(m) + np.array([sl[0].start + wy0, sl[1].start + wx0]))
-    return BlockRecord((oy0 + wy0, ox0 + wx0), crop, rows, outlines, n_cut, h, unclaimed)
+    return BlockRecord((oy0 + wy0, ox0 + wx0), crop, rows, outlines, n_cut, h, claimed)
 
 
 def paint_block(

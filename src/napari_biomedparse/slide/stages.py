@@ -13,7 +13,7 @@ stage      unit                              writes
 tiles      :class:`TileUnit` (batches)       ``tiles/probs[i, j]`` then ``tiles/state``
 blending   :class:`BlendUnit` (a chunk row)  ``probs/0``, ``classes/0``, ``probs_state``
 instances  :class:`LabelUnit` (a block)      ``blocks/b_<b>.npz`` (its objects), ``u_<b>.npz``
-painting   :class:`PaintUnit` (a block row)  ``labels/0`` (and unclaimed ``classes/0``) of its cores
+painting   :class:`PaintUnit` (a block row)  ``labels/0``, unclassified in ``classes/0``
 =========  ================================  ===========================================
 
 (About 440 lines: the four stages' units and tasks are kept together so that the table
@@ -298,8 +298,8 @@ def block_file(store, b: int) -> Path:
     return Path(store) / "blocks" / f"b_{b}.npz"
 
 
-def unclaimed_file(store, b: int) -> Path:
-    """Block ``b``'s class-agnostic candidate pixels that no object claims (core, bool)."""
+def agnostic_file(store, b: int) -> Path:
+    """Block ``b``'s unclassified-class pixels after the claim (core, bool) and their class value."""
     return Path(store) / "blocks" / f"u_{b}.npz"
 
 
@@ -342,8 +342,10 @@ def label_task(unit: LabelUnit, env) -> int:
         agnostic=unit.agnostic,
     )
     f.parent.mkdir(exist_ok=True)
-    if rec.unclaimed is not None and rec.unclaimed.any():  # before the record: resume-safe
-        save_npz_atomic(unclaimed_file(unit.store, unit.block), mask=rec.unclaimed)
+    if rec.claimed is not None:  # before the record: resume-safe
+        save_npz_atomic(
+            agnostic_file(unit.store, unit.block), claimed=rec.claimed, value=unit.agnostic + 1
+        )
     save_npz_atomic(f, **rec.to_arrays())
     return 1
 
@@ -388,12 +390,17 @@ def paint_task(unit: PaintUnit, env) -> int:
         core = paint_block(unit.layout, b, near, offsets)
         if core.any():
             labels[cy0:cy1, cx0:cx1] = core
-        u = unclaimed_file(unit.store, b)
-        if u.exists():  # the unclassified nuclei: only the claimed candidates stay in classes
-            with np.load(u) as a:
-                drop = a["mask"]
+        u = agnostic_file(unit.store, b)
+        if u.exists():  # the unclassified class as recognize's class map has it: the claimed
+            with np.load(u) as a:  # candidates and the small holes their objects fill
+                claimed, value = a["claimed"], int(a["value"])
             cls = np.asarray(group["classes/0"][cy0:cy1, cx0:cx1])
-            group["classes/0"][cy0:cy1, cx0:cx1] = np.where(drop, 0, cls).astype(cls.dtype)
+            # a painted pixel keeps a class (its owner block saw the whole object; only an
+            # unclassified object can cover a pixel outside every class region)
+            drop = (cls == value) & ~claimed & (core == 0)
+            fill = (cls == 0) & (claimed | (core > 0))
+            cls = np.where(drop, 0, np.where(fill, value, cls)).astype(cls.dtype)
+            group["classes/0"][cy0:cy1, cx0:cx1] = cls
         env.report(n + 1)
     return unit.size
 
