@@ -63,6 +63,9 @@ def test_cli_folder_resume_overwrite_and_summary(slides, tmp_path, capsys):
     assert "broken.svs: FAILED" in captured.out and "truncated or corrupt" in captured.out
     assert "a.svs:" in captured.out and "objects (nuclei:" in captured.out
     assert "skipped (background)" in captured.out
+    # the work is shown before it is done: tiles, pixel size, prompts, blocks
+    planned = [ln for ln in captured.err.splitlines() if "planned: " in ln]
+    assert planned and " tissue tiles of " in planned[0] and " um/px " in planned[0], planned
     res = out / "a.svs.biomedparse.zarr"
     assert res.exists() and (out / "a.svs.biomedparse.geojson").exists()
     gj = json.loads((out / "a.svs.biomedparse.geojson").read_text())

@@ -237,7 +237,9 @@ def run(args) -> int:
         bar = tqdm(total=1, unit="step", file=sys.stderr, leave=True)
 
     def progress(done, total, message):
-        if "already done" in message:
+        if "planned: " in message:
+            print(message, file=sys.stderr)
+        elif "already done" in message:
             print(f"{message}; --overwrite to redo", file=sys.stderr)
         if bar is not None:
             bar.total, bar.n = total, done

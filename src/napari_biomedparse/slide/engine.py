@@ -214,6 +214,11 @@ def process_slide(
     n_before = len(plan.selected) - sum(len(b) for b in todo)
     prog = _Progress(progress, len(plan.selected) + nb * (3 if plan.recognize else 1))
     prog.advance(n_before)
+    if progress is not None:  # the work, before any of it is done (CLI prints this line)
+        mpx = len(plan.selected) * (T * grid.scale) ** 2 / 1e6
+        progress(prog.base, prog.total, f"planned: {len(plan.selected)} tissue tiles of {T} px "
+                 f"at {grid.target_mpp:.3g} um/px ({mpx:.0f} level-0 megapixels, {n_before} "
+                 f"resumed) x {P} prompts, then {nb} blocks")  # fmt: skip
     run = dict(progress=prog.stage(), cancel=cancel)
 
     t_tiles = time.perf_counter()
