@@ -24,9 +24,16 @@ def test_demo_runs_the_main_job_offline(tmp_path, capsys, monkeypatch):
     assert geo["type"] == "FeatureCollection"
     table = pd.read_csv(store.with_suffix(".csv"))
     assert len(geo["features"]) == len(table) > 0
-    # every object carries one of the default model's pathology classes
+    # every object carries one of the default model's pathology classes, and the nuclei no
+    # class claims are objects of the explicit unclassified class (in the GeoJSON, the table
+    # and the printed summary)
+    from napari_biomedparse.inference.recognition import UNCLASSIFIED
+
     classes = {f["properties"]["classification"]["name"] for f in geo["features"]}
-    assert classes <= {"neoplastic cells", "inflammatory cells", "connective tissue cells"}
+    assert classes <= {"neoplastic cells", "inflammatory cells", "connective tissue cells",
+                       UNCLASSIFIED}  # fmt: skip
+    assert UNCLASSIFIED in classes and UNCLASSIFIED in set(table["class"])
+    assert f"{UNCLASSIFIED}: " in printed
     # the slide is 2220 x 2967 px at level 0: every centroid lies inside it
     assert table["centroid_x"].between(0, 2220).all()
     assert table["centroid_y"].between(0, 2967).all()

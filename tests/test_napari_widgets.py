@@ -148,6 +148,13 @@ def test_recognize_all(make_napari_viewer, qtbot, plugin_model, he_crop):
     _check_instances(inst)
     assert set(classes.features["class"]) >= {"neoplastic cells", "inflammatory cells"}
     assert "p_value" in classes.features.columns
+    # the nuclei no class claims are objects of the explicit unclassified class, with a score
+    from napari_biomedparse.inference.recognition import UNCLASSIFIED
+
+    assert "nuclei" in w.targets.value  # the loaded model's vocabulary, in full
+    assert UNCLASSIFIED in set(classes.features["class"])
+    unclassified = inst.features[inst.features["class"].astype(str) == UNCLASSIFIED]
+    assert len(unclassified) > 0 and unclassified["score"].between(0, 1).all()
     # every instance is coloured with its class colour
     from napari_biomedparse._napari._layers import class_color
 

@@ -2,10 +2,12 @@
 
 The bundled default model (256 px tiles at ~0.5 um/px) on a 512 x 512 crop of the held-out
 bottom-right quarter of ``hgsc_nest`` (rows/cols 750-1499, never used for training).
-Measured (torch CPU): union-of-prompts nuclei Dice 0.800 tiled vs 0.624 with the whole-image
-path (crop resized to 256 px); recognize: 136 instances for 117 labelled nuclei; the same
-region at 1.0 um/px: Dice 0.805 with ``mpp=1.0`` (rescaled to 0.5 um/px) vs 0.631 without (0.331
-when a sub-tile image was padded black; it is now padded with its background, white for H&E,
+Measured (torch CPU, the weights of 2026-12-02): ``nuclei`` prompt Dice 0.825 tiled vs 0.788
+with the whole-image path (crop resized to 256 px; the first weights, trained without zoom
+augmentation, gave 0.800 vs 0.624 on the union of the class prompts); recognize: 201
+instances (142 of the three classes, 59 unclassified nuclei) for 117 labelled nuclei (not
+every nucleus is labelled); the same region at 1.0 um/px: rescaled with ``mpp=1.0`` to
+0.5 um/px vs not (a sub-tile image is padded with its background, white for H&E,
 ``tiled.background_fill``).
 """
 
@@ -20,6 +22,7 @@ from skimage.io import imread
 from skimage.transform import rescale, resize
 
 from napari_biomedparse.inference.predictor import Predictor
+from napari_biomedparse.inference.recognition import UNCLASSIFIED
 from napari_biomedparse.inference.tiled import (
     TileGrid,
     blend_weights,
@@ -35,7 +38,7 @@ V1 = ROOT / "tests" / "data" / "v1_tiny"
 PROMPTS = ["neoplastic cells", "inflammatory cells", "connective tissue cells"]
 DEFAULT_INFERENCE = {"mode": "tiled", "tile_size": 256, "overlap": 32, "mpp": 0.5}
 
-NUCLEI_DICE_FLOOR = 0.77  # measured 0.800
+NUCLEI_DICE_FLOOR = 0.80  # measured 0.825 (the `nuclei` prompt)
 
 
 @pytest.fixture(scope="module")
@@ -114,17 +117,19 @@ def test_tile_grid_and_weights_cover_the_image():
 def test_tiled_segment_beats_whole_image_on_held_out_nuclei(predictor, held_out, tiled_probs):
     crop, gt = held_out
     assert tiled_probs.shape == (3, 512, 512) and tiled_probs.dtype == np.float32
-    nuclei = dice((tiled_probs > 0.5).any(0), gt > 0)
+    tiled = predictor.segment(crop, ["nuclei"], modality="pathology")[0]
+    nuclei = dice(tiled > 0.5, gt > 0)
     assert nuclei > NUCLEI_DICE_FLOOR, nuclei
-    # the official whole-image path (crop resized to 256 px) on the same model
+    # the official whole-image path (crop resized to 256 px, i.e. nuclei at half their size)
+    # on the same model: worse, though the zoom-augmented model is fairly robust to scale
     meta = predictor.model.metadata
     spec = meta.pop("inference")
     try:
-        whole = predictor.segment(crop, PROMPTS, modality="pathology")
+        whole = predictor.segment(crop, ["nuclei"], modality="pathology")[0]
     finally:
         meta["inference"] = spec
-    whole_dice = dice((whole > 0.5).any(0), gt > 0)
-    assert nuclei > whole_dice + 0.1, (nuclei, whole_dice)
+    whole_dice = dice(whole > 0.5, gt > 0)
+    assert nuclei > whole_dice + 0.02, (nuclei, whole_dice)
 
 
 def test_training_predict_tiles_is_the_inference_tiling(predictor, held_out):
@@ -141,11 +146,16 @@ def test_tiled_recognize_counts_and_existence(predictor, held_out):
     rec = predictor.recognize(crop, modality="pathology")
     n_true = len(np.unique(gt)) - 1
     n_pred = int(len(np.unique(rec.labels)) - 1)
-    assert 0.6 * n_true <= n_pred <= 1.6 * n_true, (n_pred, n_true)
+    classed = int((rec.table["class"] != UNCLASSIFIED).sum())
+    # not every nucleus is labelled: the classes find about as many, the unclassified class
+    # the nuclei they leave (the baseline finds 1.7 x the labelled count on the quarter)
+    assert 0.6 * n_true <= classed <= 1.6 * n_true, (classed, n_true)
+    assert classed < n_pred <= 2.0 * n_true, (n_pred, classed, n_true)
+    assert UNCLASSIFIED in rec.kept
     # existence test on the whole crop at native resolution: the nuclei classes are present
     assert set(rec.kept) >= {"neoplastic cells", "inflammatory cells"}
     assert np.all(np.isfinite(rec.p_values)) and rec.p_values.min() > 0.05, rec.p_values
-    assert rec.probs.shape == (3, 512, 512) and rec.labels.shape == (512, 512)
+    assert rec.probs.shape == (4, 512, 512) and rec.labels.shape == (512, 512)  # 3 classes, nuclei
 
 
 def test_mpp_rescales_to_the_models_pixel_size(predictor):
