@@ -116,3 +116,47 @@ def test_whole_slide_file_and_array_give_the_same_objects(bundled_predictor, tmp
     assert slide_labels.shape == rec.labels.shape == arr.shape[:2]
     _assert_same_objects(slide_labels, rec.labels)
     assert (np.asarray(res.classes[0]) == rec.classes).mean() >= 0.999
+
+
+@pytest.mark.gui
+def test_demo_cli_api_and_widget_give_the_same_objects(
+    make_napari_viewer, qtbot, plugin_model, plugin_settings, bundled_predictor, tmp_path,
+    monkeypatch,
+):  # fmt: skip
+    """The five entry points on the bundled slide with their defaults: the demo, the ``slide``
+    command and ``process_slide`` (one engine, the same parameters: the same table, row for
+    row), and the Recognize widget on the slide as an in-memory layer (2967 x 2220 px, under
+    the widget's large-image size, so it runs ``Predictor.recognize`` on the whole image with
+    the layer's pixel size): the same labels as ``recognize`` on the array, which the test
+    above compares with the slide engine."""
+    import pandas as pd
+
+    from napari_biomedparse._napari._widgets.recognize import RecognizeWidget
+    from napari_biomedparse.cli import main
+    from napari_biomedparse.slide.engine import process_slide
+    from napari_biomedparse.slide.readers import open_image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    assert main(["slide", str(SLIDE), "-o", str(tmp_path / "cli"), "--csv", "--no-progress"]) == 0
+    name = "cmu_small_region.svs.biomedparse.csv"
+    demo = pd.read_csv(tmp_path / "demo" / name)
+    cli = pd.read_csv(tmp_path / "cli" / name)
+    assert len(demo) > 100
+    pd.testing.assert_frame_equal(demo, cli)
+    res = process_slide(SLIDE, tmp_path / "api.biomedparse.zarr", model=bundled_predictor)
+    api = res.table.reset_index(drop=True)
+    pd.testing.assert_frame_equal(api[demo.columns], demo, check_dtype=False)
+
+    img = open_image(SLIDE)
+    arr = np.ascontiguousarray(np.asarray(img.levels[0].compute())[..., :3])
+    rec = bundled_predictor.recognize(arr, modality="pathology", mpp=img.mpp)
+    viewer = make_napari_viewer()
+    viewer.add_image(arr, name="cmu", rgb=True, metadata={"mpp": img.mpp})
+    w = RecognizeWidget(viewer)
+    w.start()
+    qtbot.waitUntil(lambda: not w.run.running, timeout=600_000)
+    assert w.run.last_outcome == "ok", w.run.last_error
+    widget_labels = np.asarray(viewer.layers["cmu instances"].data)
+    assert widget_labels.shape == rec.labels.shape
+    np.testing.assert_array_equal(widget_labels, rec.labels)
