@@ -77,13 +77,17 @@ def apply_official_rule(
     stage keeps the objects of which the classes claim less than half
     (:func:`~napari_biomedparse.inference.recognition.claim_unclassified`, per block window).
     """
-    from .store import RunCancelled
+    from .store import RunCancelled, read_state
 
     probs, classes = group["probs/0"], group["classes/0"]
     prompts = list(prompts)
     C = probs.chunks[1]
     H, W = grid.shape
-    boxes = [(y, x, min(y + C, H), min(x + C, W)) for y in range(0, H, C) for x in range(0, W, C)]
+    # only the chunks blending wrote: the others hold zeros, which add nothing to any sum of
+    # the rule (every statistic counts pixels above a probability threshold) and stay 0
+    written = read_state(group["probs_state"]) == 1
+    boxes = [(y, x, min(y + C, H), min(x + C, W)) for y in range(0, H, C) for x in range(0, W, C)
+             if written[y // C, x // C]]  # fmt: skip
     agn = agnostic_index(prompts)
 
     def check():
