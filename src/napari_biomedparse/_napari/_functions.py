@@ -10,6 +10,12 @@ raises :class:`Cancelled` and returns nothing. No napari or Qt import here
 
 >>> layers = segment_layer(image, ["neoplastic cells"], modality="pathology")
 >>> add_layers(viewer, layers)  # instance outlines over the image
+
+(Longer than 400 lines on purpose: the segment, recognize and slide functions share the
+image input (:class:`ImageInput`, :func:`view_region`), the predictor, the progress / cancel
+plumbing and the conversion of results to layer tuples, and the widgets use them as one
+namespace (``from .. import _functions as F``). The natural next split is the slide section
+(:func:`slide_layers` to :func:`open_result_layers`, about 200 lines) into its own module.)
 """
 
 from __future__ import annotations

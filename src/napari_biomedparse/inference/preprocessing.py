@@ -24,6 +24,13 @@ uint8 images with a CT modality (taken as already windowed), images without a pi
 
 :func:`unpad` maps model outputs back to the input's pixel grid: bilinear resize (the official
 upsampling, ``align_corners=False``) to the padded shape, then the padding is cropped away.
+
+(Longer than 400 lines on purpose: :func:`preprocess`, :func:`to_rgb_uint8` and
+:func:`intensity_stats` are three entry points to one preset and must scale an image the same
+way, so they share the input checks (``_classify``, ``_check_dtype``) and the scaling
+(``_bounds``, ``_scaled_channels``, :class:`IntensityStats`). The geometry (:class:`PadInfo`,
+:func:`pad_to_square`, :func:`resize_like_official`, :func:`unpad`, about 75 lines) could move
+out, but would leave the intensity part at about 400 lines.)
 """
 
 from __future__ import annotations

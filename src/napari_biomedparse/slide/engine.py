@@ -15,6 +15,11 @@ A run (:func:`process_slide`) is:
 Batches are a fixed partition of the tissue tiles, and a batch whose tiles are not all
 recorded is recomputed whole, so a resumed run feeds the model exactly the same batches as
 an uninterrupted one and writes identical bytes, in one process or on a cluster.
+
+(About 440 lines: :func:`process_slide` is the one sequence of steps above, and
+:func:`process_slides` is the loop over it, with its whole-slide unit (:class:`SlideUnit`,
+:func:`slide_task`, which calls :func:`process_slide` on a worker). The natural next split is
+that "many slides" section into its own module.)
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ formats that declare a bounding box of the non-empty region (``openslide.bounds-
 MIRAX), the levels are cropped to that box, exactly as QuPath does, so that coordinates are
 QuPath coordinates; ``SlideImage.offset`` = (bounds-y, bounds-x) is where our (0, 0) lies in
 OpenSlide's own level-0 frame (add it to go back to OpenSlide coordinates).
+
+(Longer than 400 lines on purpose: the four readers (OpenSlide, tifffile, zarr, arrays) all
+build the one :class:`SlideImage`, whose ``read_region`` and ``close`` use the readers'
+per-level views (``read_axes``, ``_OpenSlideLevel``); they share the axis rules (``_to_yxc``,
+``_reduced_axes``) and ``_parse_float``, and ``open_image`` / ``_open_path`` choose between
+them with the format fallbacks in one place. The natural next split is one module per reader.)
 """
 
 from __future__ import annotations

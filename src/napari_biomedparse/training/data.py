@@ -17,6 +17,12 @@ Sources
   ``"1: connective tissue cells, 2: inflammatory cells"`` with :func:`parse_prompt_mapping`).
 
 This module does not import napari.
+
+(Longer than 400 lines on purpose: everything here makes or uses :class:`AnnotatedImage`:
+its checks, the sources that build one (triples, folders, layers), the held-out split, and
+:class:`TileSampler`, which draws the training tiles from a list of them, with the process-pool
+helpers that give worker processes a copy of the sampler. The natural next split is the tile
+part (``separate_touching`` to the end) into its own module.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,13 @@ held-out images by tiled prediction. At the end the existence-test statistics ar
 the model's predictions for training tiles (:mod:`.target_dist`), and the checkpoint is
 written as safetensors with its configuration, vocabulary and ``target_dist``: a complete
 drop-in for :func:`napari_biomedparse.hub.load_model`.
+
+(Longer than 400 lines on purpose: :func:`finetune` is one function, some 50 lines of it
+argument documentation, and each helper here serves one of its steps: parameter groups and
+``freeze``, differentiable decoding and the loss of one batch, tiled prediction and Dice for
+validation, the existence-statistics fit, saving. The natural next split is the evaluation
+helpers (``predict_tiles``, ``evaluate_dice``, ``fit_existence_statistics``) into their own
+module.)
 """
 
 from __future__ import annotations
