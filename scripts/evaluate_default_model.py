@@ -3,6 +3,7 @@
 
     python scripts/evaluate_default_model.py [--model PATH|default] [--json out.json]
         [--sets he,dsb,mnfinder-test,mnfinder-validation,ndev] [--demo-crops docs/images]
+    python scripts/evaluate_default_model.py --model fold.safetensors --sets loso --cell-type RPE-1
 
 Prints the markdown tables of docs/model-card.md:
 
@@ -11,6 +12,9 @@ Prints the markdown tables of docs/model-card.md:
 * fluorescence: the held-out quarter of the stardist (DSB 2018) image; mnfinder's own test and
   validation splits (whole images never trained on), pooled per cell type; the ndev-sampledata
   scratch assay (a source never trained on; its labels are probably model output);
+* ``--sets loso --cell-type X``: one leave-one-source-out fold: every mnfinder image of cell
+  type X (all three splits), scored for a model trained without them
+  (``train_default_model.py --hold-out-cell-type X``);
 * ``--demo-crops DIR``: outlines of ``recognize`` on three 400 x 400 px crops of the bundled
   demo slide (epidermis, basal layer, dermis; never used in training), written as PNGs.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-SETS = ("he", "dsb", "mnfinder-test", "mnfinder-validation", "ndev")
+SETS = ("he", "dsb", "mnfinder-test", "mnfinder-validation", "ndev")  # and "loso" (one fold)
 #: Level-0 (0.499 um/px) top-left corners of the 400 x 400 px demo-slide crops.
 DEMO_CROPS = {"epidermis": (1046, 1639), "basal-layer": (808, 1402), "dermis": (1461, 1936)}
 #: Outline colours of the crop pictures (RGB); other classes green.
@@ -82,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the figures as JSON here")
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {SETS}")
     p.add_argument("--demo-crops", default=None, help="write the demo-slide crop PNGs here")
+    p.add_argument("--cell-type", default=None, help="the held-out mnfinder source of --sets loso")
     args = p.parse_args(argv)
 
     from napari_biomedparse.hub import load_model
@@ -140,6 +145,16 @@ def main(argv=None) -> int:
         for r in res:
             groups.setdefault(f"mnfinder {split}: {info[r['name']]['cell_type']}", []).append(r)
         groups[f"mnfinder {split}: all"] = res
+    if "loso" in sets:
+        if args.cell_type is None:
+            p.error("--sets loso needs --cell-type (the source the model was trained without)")
+        names = [k for k, v in info.items() if v["cell_type"] == args.cell_type]
+        if not names:
+            p.error(f"no mnfinder images of cell type {args.cell_type!r}")
+        images = [a for a in load_mnfinder(("training", "validation", "test")) if a.name in names]
+        groups[f"LOSO fold: {args.cell_type} held out (all splits)"] = [
+            evaluate_image(model, a) for a in images
+        ]
     if "ndev" in sets:
         groups["ndev scratch assay (labels probably predicted), 3 frames"] = [
             evaluate_image(model, a) for a in load_ndev((0, 4, 9))

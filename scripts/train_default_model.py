@@ -66,6 +66,12 @@ def main(argv=None) -> int:
         "--out on the training tiles and rewrite it (weights unchanged)",
     )
     p.add_argument("--float32", action="store_true", help="store float32 (default float16)")
+    p.add_argument(
+        "--hold-out-cell-type",
+        default=None,
+        help="leave this mnfinder source (RPE-1, U2OS, misc) out of training: one "
+        "leave-one-source-out fold (score it with evaluate_default_model.py --sets loso)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
     )
     from napari_biomedparse.training.finetune import finetune
 
-    train, held = datasets()
+    train, held = datasets(hold_out_cell_type=args.hold_out_cell_type)
     cfg = default_config()
     t0 = time.time()
     if args.refit_existence:

@@ -120,3 +120,17 @@ def test_default_model_existence_statistics_accept_heldout_objects(model, held):
     assert det.p_values[0] > 0.05
     blank = np.full((256, 256, 3), 235, np.uint8)
     assert pred.detect(blank, ["neoplastic cells"], modality="pathology").p_values[0] < 0.05
+
+
+def test_leave_one_source_out_fold_drops_only_that_source():
+    from napari_biomedparse.training.default_model import mnfinder_info
+
+    info = mnfinder_info()
+    full, _ = datasets()
+    fold, _ = datasets(hold_out_cell_type="RPE-1")
+    types = [info[a.name]["cell_type"] for a in fold if a.name in info]
+    assert "RPE-1" not in types and {"U2OS", "misc"} <= set(types)
+    n_rpe = sum(info[a.name]["cell_type"] == "RPE-1" for a in full if a.name in info)
+    assert len(fold) == len(full) - n_rpe and n_rpe == 14
+    with pytest.raises(ValueError, match="choose one of"):
+        datasets(hold_out_cell_type="rpe1")

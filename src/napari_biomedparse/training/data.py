@@ -676,10 +676,3 @@ def process_pool(sampler: TileSampler, workers: int):
     pool._napari_biomedparse_sampler = sampler
     return pool
 
-
-def tiles_covering(shape: tuple[int, int], tile: int, overlap: int = 32) -> list[tuple[int, int]]:
-    """Origins (y, x) of tiles of side ``tile`` that cover an (H, W) image with ``overlap``
-    (:func:`napari_biomedparse.inference.tiled.tile_origins`)."""
-    from napari_biomedparse.inference.tiled import tile_origins
-
-    return tile_origins(shape, tile, overlap)

@@ -110,8 +110,14 @@ def load_fluorescence_raw(root: Path | None = None) -> tuple[np.ndarray, np.ndar
     return tifffile.imread(p["fl"]), tifffile.imread(p["fl_instances"])
 
 
-def datasets(root: Path | None = None) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+def datasets(
+    root: Path | None = None, hold_out_cell_type: str | None = None
+) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     """(training images with the held-out quarters ignored, held-out crops).
+
+    ``hold_out_cell_type`` (a ``cell_type`` of :func:`mnfinder_info`, e.g. ``"RPE-1"``) leaves
+    that source's mnfinder images out of training: one fold of the leave-one-source-out
+    validation (``scripts/evaluate_default_model.py --sets loso --cell-type ...`` scores it).
 
     Training: the H&E image twice (the three classes; and every labelled nucleus as
     ``nuclei``, the class-agnostic prompt), the stardist fluorescence image and mnfinder's
@@ -157,6 +163,14 @@ def datasets(root: Path | None = None) -> tuple[list[AnnotatedImage], list[Annot
         name=f"stardist_img2d (held-out {HOLDOUT_REGION})",
     )
     mnf = load_mnfinder(("training",), root)
+    if hold_out_cell_type is not None:
+        info = mnfinder_info(root)
+        known = sorted({v["cell_type"] for v in info.values()})
+        if hold_out_cell_type not in known:
+            raise ValueError(
+                f"unknown mnfinder cell type {hold_out_cell_type!r}: choose one of {known}"
+            )
+        mnf = [a for a in mnf if info[a.name]["cell_type"] != hold_out_cell_type]
     he_train.weight, he_nuclei.weight, fl_train.weight = (
         SHARES["pathology classes"],
         SHARES["pathology nuclei"],
