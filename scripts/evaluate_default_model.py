@@ -152,8 +152,11 @@ def main(argv=None) -> int:
         if not names:
             p.error(f"no mnfinder images of cell type {args.cell_type!r}")
         images = [a for a in load_mnfinder(("training", "validation", "test")) if a.name in names]
-        groups[f"LOSO fold: {args.cell_type} held out (all splits)"] = [
-            evaluate_image(model, a) for a in images
+        res = [evaluate_image(model, a) for a in images]
+        groups[f"LOSO fold: {args.cell_type} held out (all splits)"] = res
+        # the images no model of the recipe trained on (for a like-for-like all-data control)
+        groups[f"LOSO fold: {args.cell_type} held out (validation + test)"] = [
+            r for r in res if info[r["name"]]["split"] != "training"
         ]
     if "ndev" in sets:
         groups["ndev scratch assay (labels probably predicted), 3 frames"] = [
