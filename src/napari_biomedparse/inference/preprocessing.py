@@ -42,10 +42,12 @@ import numpy as np
 from .modalities import ImageType, normalize_modality
 
 __all__ = [
+    "INK_MODALITIES",
     "PadInfo",
     "RGB_MODALITIES",
     "as_channels_last",
     "intensity_scale",
+    "masks_ink",
     "pad_to_square",
     "preprocess",
     "resize_like_official",
@@ -55,6 +57,17 @@ __all__ = [
 
 #: Modalities whose images are colour photographs / stains; the others are intensity images.
 RGB_MODALITIES = frozenset({"Pathology", "Endoscopy", "Fundus", "Dermoscopy", "Brightfield"})
+
+#: Modalities whose preset removes tissue-marking ink from the predictions (H&E slides):
+#: probabilities are set to 0 on the ink of every tile (:mod:`.ink`). Other stains,
+#: fluorescence and radiology keep their colours as they are.
+INK_MODALITIES = frozenset({"Pathology"})
+
+
+def masks_ink(modality, site: str | None = None) -> bool:
+    """Whether the preset of ``modality`` masks tissue-marking ink (:data:`INK_MODALITIES`);
+    accepts every name :func:`~.modalities.normalize_modality` accepts."""
+    return normalize_modality(modality, site).modality in INK_MODALITIES
 
 
 @dataclass(frozen=True)

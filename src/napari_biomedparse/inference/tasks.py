@@ -51,7 +51,7 @@ from .instances import class_instances, instance_table, split_instances
 from .modalities import is_in_vocabulary, normalize_modality, targets_for
 from .objects import TABLE_COLUMNS, empty_table
 from .postprocess import instance_defaults
-from .preprocessing import as_channels_last, preprocess, to_rgb_uint8, unpad
+from .preprocessing import as_channels_last, masks_ink, preprocess, to_rgb_uint8, unpad
 from .progress import Cancelled, check_cancel, report, with_prefix
 from .prompts import parse_prompts
 from .recognition import class_names as recognition_class_names
@@ -217,13 +217,16 @@ def _whole_batches(predictor, rgb, prompts, joint, batch_size, progress, cancel)
     return out
 
 
-def _tiled_probs(predictor, rgb, prompts, app, joint, mpp, progress, cancel) -> np.ndarray:
+def _tiled_probs(
+    predictor, rgb, prompts, app, joint, mpp, progress, cancel, ink=False
+) -> np.ndarray:
     """Tiled mode: (P, H, W) at ``rgb``'s size, on the slide engine's tile grid
     (:func:`~.tiled.predict_tiled`) with the slide engine's geometry ``app``
     (:func:`~.application.application_defaults` of the model and modality): tiles of
     ``app.tile_size`` px at ``app.mpp`` when the image's ``mpp`` is given (and differs by 1 %
     or more, :func:`~.tiled.rescale_factor`), each resized to the model input, probabilities
-    resized back to the image."""
+    resized back to the image; ``ink``: 0 on tissue-marking ink (the preset's
+    :func:`~.preprocessing.masks_ink`)."""
     f = rescale_factor(mpp, app.mpp)
     h, w = rgb.shape[:2]
     hh, ww = (h, w) if not f else (max(1, round(h * f)), max(1, round(w * f)))
@@ -238,6 +241,7 @@ def _tiled_probs(predictor, rgb, prompts, app, joint, mpp, progress, cancel) -> 
         joint=joint,
         image_mpp=mpp if f else None,
         target_mpp=app.mpp if f else None,
+        ink=ink,
         progress=progress,
         cancel=cancel,
     )
@@ -290,6 +294,7 @@ def _predict_2d(
                 mpp,
                 with_prefix(progress, pre),
                 cancel,
+                masks_ink(it.modality),
             )
         )
     probs = np.concatenate(parts, axis=0)

@@ -44,6 +44,7 @@ __all__ = [
     "rescale_factor",
     "resize_probs",
     "tile_origins",
+    "tile_probabilities",
 ]
 
 #: Overlap (px) of :func:`predict_tiled` when a model's metadata does not give one.
@@ -93,8 +94,7 @@ def inference_spec(model_or_metadata) -> dict | None:
 def tile_origins(shape: tuple[int, int], tile: int, overlap: int = 32) -> list[tuple[int, int]]:
     """Origins (y, x) of the :class:`TileGrid` tiles of side ``tile`` that cover an (H, W)
     image with ``overlap`` (made even and below ``tile / 2``, :func:`grid_overlap`): inside
-    the image, the last tile of a row / column ending at its edge. Training's covering of an
-    annotated image (``training.data.tiles_covering``) is this grid."""
+    the image, the last tile of a row / column ending at its edge."""
     grid = TileGrid(tuple(int(v) for v in shape), 1.0, 1.0, int(tile), grid_overlap(tile, overlap))
     return [grid.extent(k)[:2] for k in range(grid.n_tiles)]
 
@@ -263,6 +263,33 @@ def grid_overlap(tile_size: int, overlap: int) -> int:
     return max(0, min(int(overlap), tile_size // 2 - 1)) // 2 * 2
 
 
+def tile_probabilities(predictor, tiles: np.ndarray, prompts, *, ink: bool = False, **kw):
+    """The probabilities of a batch of tiles: ``predictor.predict_batch(tiles, prompts, **kw)``
+    then, with ``ink``, 0 on the tissue-marking ink of each tile (:func:`.ink.suppress_ink`).
+    The one per-tile step of :func:`predict_tiled` (``segment`` / ``detect`` / ``recognize`` in
+    tiled mode) and of the slide engine's tile stage (``slide.stages.run_tiles``); callers set
+    ``ink`` from the modality preset (:func:`.preprocessing.masks_ink`: pathology).
+
+    Args:
+        tiles: (B, S, S, 3) uint8 RGB at the model input size S.
+        ink: mask ink (H&E).
+        kw: passed to ``predict_batch`` (e.g. ``joint=``).
+
+    Returns:
+        what ``predict_batch`` returns, as numpy: float32 (B, P, S, S), or uint8 round(255 p)
+        (B, P, T, T) at the tile size for a device-side resizing predictor.
+    """
+    out = predictor.predict_batch(tiles, prompts, **kw)
+    if hasattr(out, "detach"):
+        out = out.detach().cpu().numpy()
+    out = np.asarray(out)
+    if ink:
+        from .ink import suppress_ink
+
+        out = suppress_ink(out, tiles)
+    return out
+
+
 def predict_tiled(
     predictor,
     rgb: np.ndarray,
@@ -275,6 +302,7 @@ def predict_tiled(
     image_mpp: float | None = None,
     target_mpp: float | None = None,
     fill: int | None = None,
+    ink: bool = False,
     progress=None,
     cancel=None,
 ) -> np.ndarray:
@@ -298,6 +326,8 @@ def predict_tiled(
             and different: the tiles are read at ``target_mpp`` and the probabilities resized
             back to the image, :func:`resize_probs`); else the image's own resolution.
         fill: the value of tile pixels outside the image (default :func:`background_fill`).
+        ink: probabilities 0 on tissue-marking ink (H&E; :func:`tile_probabilities`). The
+            tasks pass the modality preset's choice (:func:`.preprocessing.masks_ink`).
         progress: ``progress(done_tiles, n_tiles, "tiles k/N")`` after each batch (:mod:`.progress`).
         cancel: checked before each batch; raises :class:`~.progress.Cancelled`.
 
@@ -330,7 +360,8 @@ def predict_tiled(
         check_cancel(cancel)
         ks = range(i, min(i + batch_size, n))
         tiles = np.stack([read_tile(read, grid, k, s) for k in ks])
-        prob = np.asarray(predictor.predict_batch(tiles, prompts, joint=joint), np.float32)
+        prob = tile_probabilities(predictor, tiles, prompts, ink=ink, joint=joint)
+        prob = np.asarray(prob, np.float32)
         prob = resize_probs(prob, (t, t))
         for b, k in enumerate(ks):
             y0, x0, y1, x1 = grid.extent(k)

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_biomedparse.inference.tiled import resize_probs
+from napari_biomedparse.inference.preprocessing import masks_ink
+from napari_biomedparse.inference.tiled import resize_probs, tile_probabilities
 
 from .blockwise import BlockLayout, BlockRecord, label_block, paint_block
 from .readers import SlideImage
@@ -92,6 +93,7 @@ def run_tiles(
     """
     S = int(predictor.input_size)
     T = grid.tile_size
+    ink = masks_ink(modality)  # the modality preset: ink masked on H&E (inference.ink)
     probs_arr = group["tiles/probs"]
     state_arr = group["tiles/state"]
     total = sum(len(b) for b in batches)
@@ -152,10 +154,7 @@ def run_tiles(
             nb = next(it, None)
             if nb is not None:
                 pending.append((nb, submit(nb)))
-            out = predictor.predict_batch(rgb, prompts)
-            if hasattr(out, "detach"):
-                out = out.detach().cpu().numpy()
-            out = np.asarray(out)
+            out = tile_probabilities(predictor, rgb, prompts, ink=ink)
             if out.shape[:2] != (len(batch), len(prompts)):
                 raise RuntimeError(
                     f"predictor returned shape {out.shape}, expected ({len(batch)}, "
