@@ -235,3 +235,27 @@ def test_unclassified_respects_existence_filter_and_partial_claims():
     probs[0][((yy - 20) ** 2 + (xx - 20) ** 2 < 6**2)] = 0.9  # ~56 % of nucleus a
     cm, _ = recognize_maps(probs, targets, None)
     assert not (cm[a] == 3).any() and (cm[b] == 3).all()
+    # ... and its class over the whole nucleus, also where the class's map is below 0.5
+    assert (cm[a] == 1).all()
+
+
+def test_every_nucleus_takes_one_class_over_its_extent():
+    """Two classes split one nucleus (53 % / 35 %, the rest to none): the nucleus is one
+    object of the majority class, not two fragments the instance step's minimum size drops."""
+    from napari_biomedparse.inference.recognition import classify_nuclei
+
+    yy, xx = np.mgrid[:60, :60]
+    nucleus = (yy - 30) ** 2 + (xx - 30) ** 2 < 10**2
+    cm = np.zeros((60, 60), np.int32)
+    cm[nucleus & (xx < 31)] = 1
+    cm[nucleus & (xx >= 31) & (xx < 37)] = 2
+    assert 0.5 < (cm[nucleus] == 1).mean() < 0.6 and 0.3 < (cm[nucleus] == 2).mean() < 0.4
+    cm[5:9, 5:9] = 2  # a class object outside every nucleus stays as it is
+    prob = np.where(nucleus, 0.9, 0.05).astype(np.float32)
+    out = classify_nuclei(cm, prob, 3, split={"min_size": 40})
+    assert (out[nucleus] == 1).all()
+    assert (out[5:9, 5:9] == 2).all() and (out[~nucleus & (cm == 0)] == 0).all()
+    # the classes hold less than half: unclassified over the whole nucleus
+    few = np.where(nucleus & (xx < 22), 1, 0).astype(np.int32)
+    out = classify_nuclei(few, prob, 3, split={"min_size": 40})
+    assert (out[nucleus] == 3).all()

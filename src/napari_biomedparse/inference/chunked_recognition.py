@@ -23,8 +23,8 @@ in float64 where the official means are float32, so p-values agree to ~1e-8).
 tests and small images).
 
 Not included: the class-agnostic ``nuclei`` target beside class targets is left out of steps
-1-3 as in :func:`~.recognition.recognize_maps`, but its object-level claim of unclassified
-nuclei (:func:`~.recognition.claim_unclassified`) needs instances, which the slide engine
+1-3 as in :func:`~.recognition.recognize_maps`, but its object-level classification of the
+nuclei (:func:`~.recognition.classify_nuclei`) needs instances, which the slide engine
 builds block by block; it is applied there (``slide.blockwise.label_block``, per block window),
 not in these passes.
 """

@@ -18,11 +18,12 @@ these are vectorised equivalents (same tie-breaking: the earlier target wins).
 
 Every nucleus answered (an addition to the official rules): when the class-agnostic target
 :data:`CLASS_AGNOSTIC` (``"nuclei"``) runs beside class targets (e.g. the default model's
-pathology vocabulary), it takes no part in steps 1-3; afterwards each of its objects (its
-mask, prob > 0.5, split into instances) of which the classes claim less than half becomes an
-object of the explicit class :data:`UNCLASSIFIED` (``"unclassified nuclei"``) on its pixels
-that no class holds, scored by the ``nuclei`` probability (:func:`claim_unclassified`). So no
-nucleus the model finds is dropped for want of a class, and no class is guessed for it.
+pathology vocabulary), it takes no part in steps 1-3; afterwards its objects (its mask, prob >
+0.5, split into instances) are the nuclei, and each takes one class over its whole extent
+(:func:`classify_nuclei`): the class that holds most of its pixels when the classes together
+hold at least half of it, else the explicit class :data:`UNCLASSIFIED` (``"unclassified
+nuclei"``), scored by the ``nuclei`` probability. So no nucleus the model finds is dropped for
+want of a class or cut into class fragments too small to keep, and no class is guessed for it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ __all__ = [
     "CLASS_AGNOSTIC",
     "UNCLASSIFIED",
     "agnostic_index",
-    "claim_unclassified",
     "class_names",
+    "classify_nuclei",
     "combine_masks",
     "non_maxima_suppression",
     "recognize_maps",
@@ -68,28 +69,31 @@ def class_names(targets) -> list[str]:
     return names
 
 
-def claim_unclassified(
+def classify_nuclei(
     class_map: np.ndarray,
     agnostic_prob: np.ndarray,
     value: int,
     min_fraction: float = 0.5,
     split: dict | None = None,
 ) -> np.ndarray:
-    """Give the nuclei that no class claims to the unclassified class.
+    """Give every nucleus of the class-agnostic map one class over its whole extent.
 
     Args:
-        class_map: (H, W) int, 0 background, > 0 a class.
+        class_map: (H, W) int, 0 background, > 0 a class (the official rules' class map).
         agnostic_prob: (H, W) float probability of :data:`CLASS_AGNOSTIC`.
         value: class value of :data:`UNCLASSIFIED` in the class map.
-        min_fraction: an object of the agnostic mask (prob > 0.5, split into instances by
-            :func:`~.instances.split_instances`) is unclassified when the classes hold less
-            than this fraction of its pixels.
+        min_fraction: a nucleus (an object of the agnostic mask, prob > 0.5, split into
+            instances by :func:`~.instances.split_instances`) takes the class that holds most
+            of its pixels when the classes together hold at least this fraction of them; else
+            it is unclassified (``value``).
         split: ``split_instances`` keyword arguments (the instance step's, e.g.
             :func:`~.postprocess.instance_defaults`); None = its size-aware defaults.
 
     Returns:
-        (H, W) int32 class map: the input, plus ``value`` on the pixels of unclassified
-        objects that no class holds (class pixels are never changed).
+        (H, W) int32 class map: the input, with every pixel of every nucleus set to that
+        nucleus's class (so a class's fragments inside another class's nucleus, and the
+        nucleus pixels no class reached, follow the nucleus); pixels outside the nuclei are
+        unchanged (class objects the agnostic target missed stay as the classes have them).
     """
     from .instances import split_instances
 
@@ -103,11 +107,17 @@ def claim_unclassified(
     n = int(inst.max())
     if n == 0:
         return out
-    area = np.bincount(inst.ravel(), minlength=n + 1)
-    claimed = np.bincount(inst[class_map > 0].ravel(), minlength=n + 1)
-    free = claimed < min_fraction * area
-    free[0] = False
-    out[free[inst] & (class_map == 0)] = value
+    k = int(max(out.max(initial=0), value)) + 1
+    sel = inst > 0
+    counts = np.bincount(
+        inst[sel].astype(np.int64) * k + out[sel].clip(0), minlength=(n + 1) * k
+    ).reshape(n + 1, k)
+    counts[:, value] = 0  # earlier unclassified candidates claim nothing
+    area = np.bincount(inst[sel], minlength=n + 1)
+    claimed = counts[:, 1:].sum(1)
+    best = counts[:, 1:].argmax(1) + 1  # ties -> the lower class value
+    cls = np.where(claimed >= min_fraction * np.maximum(area, 1), best, value).astype(np.int32)
+    out[sel] = cls[inst[sel]]
     return out
 
 
@@ -223,7 +233,7 @@ def recognize_maps(
         p_threshold: targets with p-value below it are dropped first (None or 0 = no
             filtering, as the official code).
         split: the instance step's ``split_instances`` arguments, used to find the objects of
-            the class-agnostic target (:func:`claim_unclassified`).
+            the class-agnostic target (:func:`classify_nuclei`).
 
     Returns:
         (class_map, kept_targets): class_map (H, W) int32, 0 = background and k = 1 + index of
@@ -253,7 +263,7 @@ def recognize_maps(
     else:
         class_map, surv = np.zeros(probs.shape[1:], dtype=np.int32), []
     if use_agnostic:
-        class_map = claim_unclassified(class_map, probs[agn], agn + 1, split=split)
+        class_map = classify_nuclei(class_map, probs[agn], agn + 1, split=split)
         surv = [*surv, agn]
     # a survivor can end with no pixel; report the targets present in the class map
     present = set(np.unique(class_map[class_map > 0]) - 1)

@@ -85,9 +85,9 @@ class BlockRecord:
     outlines: list[np.ndarray] = field(default_factory=list)
     n_cut: int = 0
     halo: int = 0
-    # core pixels (h, w) bool of the unclassified class after the claim (label_block with
+    # core (h, w) class map after every nucleus took its class (label_block with
     # ``agnostic``; saved beside the record, not in it: see stages.label_task / paint_task)
-    claimed: np.ndarray | None = None
+    classes: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -145,13 +145,17 @@ def label_window(
     return class_instances(classes, probs, n_classes, split=split)
 
 
-def _claim(cls: np.ndarray, prob: np.ndarray, value: int, split: dict | None) -> np.ndarray:
-    """The window's class map with the unclassified nuclei of the recognition rule."""
-    from napari_biomedparse.inference.recognition import claim_unclassified
+def _classify_nuclei(
+    cls: np.ndarray, prob: np.ndarray, value: int, split: dict | None
+) -> np.ndarray:
+    """The window's class map after every nucleus took its class (the recognition rule,
+    :func:`~napari_biomedparse.inference.recognition.classify_nuclei`); ``value`` marks the
+    agnostic target's candidate pixels in the stored map, which claim nothing."""
+    from napari_biomedparse.inference.recognition import classify_nuclei
 
     p = prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob
     base = np.where(cls == value, 0, cls)
-    return claim_unclassified(base, p, value, split=split).astype(cls.dtype)
+    return classify_nuclei(base, p, value, split=split).astype(cls.dtype)
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -211,9 +215,10 @@ def label_block(
 
     ``classes`` (H, W) and ``probs`` (P, H, W) (or None) are array-likes sliced lazily
     (numpy or zarr arrays); coordinates in output pixels. ``agnostic``: index of the
-    class-agnostic target whose candidate pixels (class ``agnostic + 1``) are claimed per
-    object in the window, as ``Predictor.recognize`` does on the whole image
-    (:func:`~napari_biomedparse.inference.recognition.claim_unclassified`).
+    class-agnostic target: every nucleus of its map in the window takes one class (its
+    candidate pixels, class ``agnostic + 1``, claim nothing), as ``Predictor.recognize`` does on
+    the whole image
+    (:func:`~napari_biomedparse.inference.recognition.classify_nuclei`).
     """
     H, W = layout.shape
     cy0, cx0, cy1, cx1 = layout.core(b)
@@ -223,10 +228,10 @@ def label_block(
         wy1, wx1 = min(cy1 + h, H), min(cx1 + h, W)
         cls = np.asarray(classes[wy0:wy1, wx0:wx1])
         pw = None if probs is None else np.asarray(probs[:, wy0:wy1, wx0:wx1])
-        claimed = None
+        core_classes = None
         if agnostic is not None and pw is not None:
-            cls = _claim(cls, pw[agnostic], agnostic + 1, split)
-            claimed = (cls == agnostic + 1)[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0]
+            cls = _classify_nuclei(cls, pw[agnostic], agnostic + 1, split)
+            core_classes = cls[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0]
         lab = label_window(cls, pw, n_classes, split)
         slices = ndi.find_objects(lab)
         anchors = _anchors(lab, slices)
@@ -266,7 +271,7 @@ def label_block(
     }
     outlines: list[np.ndarray] = []
     if n == 0:
-        return BlockRecord((cy0, cx0), np.zeros((0, 0), np.int32), rows, [], n_cut, h, claimed)
+        return BlockRecord((cy0, cx0), np.zeros((0, 0), np.int32), rows, [], n_cut, h, core_classes)
     oy0 = min(slices[i - 1][0].start for i in ids)
     ox0 = min(slices[i - 1][1].start for i in ids)
     oy1 = max(slices[i - 1][0].stop for i in ids)
@@ -295,7 +300,7 @@ def label_block(
         sub[m] = local
         if with_outlines:
             outlines.append(outline(m) + np.array([sl[0].start + wy0, sl[1].start + wx0]))
-    return BlockRecord((oy0 + wy0, ox0 + wx0), crop, rows, outlines, n_cut, h, claimed)
+    return BlockRecord((oy0 + wy0, ox0 + wx0), crop, rows, outlines, n_cut, h, core_classes)
 
 
 def paint_block(

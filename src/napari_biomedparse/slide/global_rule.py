@@ -70,12 +70,13 @@ def apply_official_rule(
     """Rewrite ``classes/0`` of a blended store with the full official rule.
 
     Returns ``{"p_values": [P floats, NaN = not testable], "kept": [target names],
-    "agnostic": index of the class-agnostic target when its unclassified nuclei are claimed
-    (it runs beside classes and passes the existence test, as in
+    "agnostic": index of the class-agnostic target when its nuclei are classified (it runs
+    beside classes and passes the existence test, as in
     :func:`~napari_biomedparse.inference.recognition.recognize_maps`), else None}``.
     ``classes/0`` then holds its candidate pixels (its mask where no class is); the instance
-    stage keeps the objects of which the classes claim less than half
-    (:func:`~napari_biomedparse.inference.recognition.claim_unclassified`, per block window).
+    stage gives every nucleus of its map one class, the unclassified class where the classes
+    hold less than half of it
+    (:func:`~napari_biomedparse.inference.recognition.classify_nuclei`, per block window).
     """
     from .store import RunCancelled, read_state
 

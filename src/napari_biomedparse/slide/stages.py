@@ -298,7 +298,8 @@ def block_file(store, b: int) -> Path:
 
 
 def agnostic_file(store, b: int) -> Path:
-    """Block ``b``'s unclassified-class pixels after the claim (core, bool) and their class value."""
+    """Block ``b``'s core class map after every nucleus took its class (int) and the value of
+    the unclassified class."""
     return Path(store) / "blocks" / f"u_{b}.npz"
 
 
@@ -341,9 +342,9 @@ def label_task(unit: LabelUnit, env) -> int:
         agnostic=unit.agnostic,
     )
     f.parent.mkdir(exist_ok=True)
-    if rec.claimed is not None:  # before the record: resume-safe
+    if rec.classes is not None:  # before the record: resume-safe
         save_npz_atomic(
-            agnostic_file(unit.store, unit.block), claimed=rec.claimed, value=unit.agnostic + 1
+            agnostic_file(unit.store, unit.block), classes=rec.classes, value=unit.agnostic + 1
         )
     save_npz_atomic(f, **rec.to_arrays())
     return 1
@@ -390,15 +391,13 @@ def paint_task(unit: PaintUnit, env) -> int:
         if core.any():
             labels[cy0:cy1, cx0:cx1] = core
         u = agnostic_file(unit.store, b)
-        if u.exists():  # the unclassified class as recognize's class map has it: the claimed
-            with np.load(u) as a:  # candidates and the small holes their objects fill
-                claimed, value = a["claimed"], int(a["value"])
-            cls = np.asarray(group["classes/0"][cy0:cy1, cx0:cx1])
-            # a painted pixel keeps a class (its owner block saw the whole object; only an
-            # unclassified object can cover a pixel outside every class region)
-            drop = (cls == value) & ~claimed & (core == 0)
-            fill = (cls == 0) & (claimed | (core > 0))
-            cls = np.where(drop, 0, np.where(fill, value, cls)).astype(cls.dtype)
+        if u.exists():  # the class map as recognize's has it: every nucleus in its class
+            with np.load(u) as a:
+                new, value = a["classes"], int(a["value"])
+            dtype = group["classes/0"].dtype
+            # a painted pixel keeps a class (its owner block saw the whole object; only a
+            # nucleus can cover a pixel outside every class region: a filled hole)
+            cls = np.where((new == 0) & (core > 0), value, new).astype(dtype)
             group["classes/0"][cy0:cy1, cx0:cx1] = cls
         env.report(n + 1)
     return unit.size
