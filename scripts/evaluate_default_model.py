@@ -2,13 +2,14 @@
 """Held-out figures of the default model (or any checkpoint) vs the classical baseline.
 
     python scripts/evaluate_default_model.py [--model PATH|default] [--json out.json]
-        [--sets he,dsb,mnfinder-test,mnfinder-validation,ndev] [--demo-crops docs/images]
+        [--sets he,stroma,dsb,mnfinder-test,mnfinder-validation,ndev] [--demo-crops docs/images]
     python scripts/evaluate_default_model.py --model fold.safetensors --sets loso --cell-type RPE-1
 
 Prints the markdown tables of docs/model-card.md:
 
-* H&E: the held-out bottom-right quarter of ``hgsc_nest`` (never trained on): nuclei (the
-  union of the three class prompts, and the ``nuclei`` prompt alone) and per class;
+* H&E: the held-out bottom-right quarters of ``hgsc_nest`` (``he``) and of the stroma image
+  ``hgsc_stroma`` (``stroma``; never trained on): nuclei (the union of the three class
+  prompts, and the ``nuclei`` prompt alone) and per class;
 * fluorescence: the held-out quarter of the stardist (DSB 2018) image; mnfinder's own test and
   validation splits (whole images never trained on), pooled per cell type; the ndev-sampledata
   scratch assay (a source never trained on; its labels are probably model output);
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-SETS = ("he", "dsb", "mnfinder-test", "mnfinder-validation", "ndev")  # and "loso" (one fold)
+SETS = ("he", "stroma", "dsb", "mnfinder-test", "mnfinder-validation", "ndev")  # and "loso"
 #: Level-0 (0.499 um/px) top-left corners of the 400 x 400 px demo-slide crops.
 DEMO_CROPS = {"epidermis": (1046, 1639), "basal-layer": (808, 1402), "dermis": (1461, 1936)}
 #: Outline colours of the crop pictures (RGB); other classes green.
@@ -115,8 +116,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     out: dict = {}
     quarters = []
-    if "he" in sets:
-        he = held[0]
+    for key, he in (("he", held[0]), ("stroma", held[2])):
+        if key not in sets:
+            continue
         r = evaluate_image(model, he)
         # the class-agnostic prompt alone against every labelled nucleus
         he_nuc = AnnotatedImage(
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
             name=f"{he.name}, prompt '{NUCLEI}'",
         )
         quarters += [r, evaluate_image(model, he_nuc)]
-        out["he_classes"] = r
+        out[f"{key}_classes"] = r
         print(class_table(r), "\n")
     if "dsb" in sets:
         raw, _ = load_fluorescence_raw()

@@ -9,6 +9,9 @@ Data (all public, BSD-3-Clause; see ``tests/data/README.md``):
   with nucleus instance labels and per-pixel classes (1 connective, 2 inflammatory,
   3 neoplastic). Pixel size not stated by the source; the nuclei (median area 245 px, i.e.
   17.7 px equivalent diameter) match ~0.5 um/px (20x), the scale assumed here.
+* ``hgsc_stromal_he.jpg`` (1500 x 1500 H&E of the stroma of the same tumour type, histolytics
+  0.3.0) with its 423 segmented nuclei (polygons with the same three classes, converted to
+  rasters by :func:`convert_histolytics_stroma`; mostly connective tissue nuclei).
 * ``stardist_img2d.tif`` (512 x 512 uint16 fluorescence nuclei, 2018 Data Science Bowl, from
   stardist 0.9.2) with instance labels ``stardist_mask2d.tif``.
 
@@ -33,9 +36,17 @@ FLUORESCENCE_PROMPTS = {1: "nuclei"}  # == NUCLEI
 PATHOLOGY_MPP = 0.5
 #: The class-agnostic prompt, trained on every labelled nucleus of every image.
 NUCLEI = "nuclei"
-#: Shares of the training tiles: the H&E image with its three classes, the same image with
-#: every nucleus as ``nuclei``, the stardist image, mnfinder's training split (by area).
-SHARES = {"pathology classes": 0.35, "pathology nuclei": 0.2, "stardist": 0.05, "mnfinder": 0.4}
+#: Shares of the training tiles: the H&E tumour nest with its three classes, the same image
+#: with every nucleus as ``nuclei``, the same two for the H&E stroma image, the stardist image,
+#: mnfinder's training split (by area).
+SHARES = {
+    "pathology classes": 0.25,
+    "pathology nuclei": 0.15,
+    "stroma classes": 0.1,
+    "stroma nuclei": 0.1,
+    "stardist": 0.05,
+    "mnfinder": 0.35,
+}
 
 
 def default_config():
@@ -77,6 +88,8 @@ def _paths(root: Path | None = None) -> dict[str, Path]:
         "he_instances": tests / "hgsc_nest_inst_mask.npz",
         "fl": pkg / "stardist_img2d.tif",
         "fl_instances": tests / "stardist_mask2d.tif",
+        "stroma": tests / STROMA_IMAGE,
+        "stroma_labels": tests / STROMA_FILE,
     }
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
@@ -102,6 +115,36 @@ def load_pathology(root: Path | None = None) -> AnnotatedImage:
     )
 
 
+def load_stroma(root: Path | None = None) -> AnnotatedImage:
+    """The whole H&E stroma image (1500 x 1500) with its segmented nuclei, three classes."""
+    from skimage import io
+
+    p = _paths(root)
+    with np.load(p["stroma_labels"]) as z:
+        classes, instances = z["classes"].astype(np.int32), z["instances"].astype(np.int32)
+    return AnnotatedImage(
+        image=io.imread(p["stroma"])[..., :3],
+        classes=classes,
+        prompts=dict(PATHOLOGY_PROMPTS),
+        instances=instances,
+        modality="pathology",
+        name="hgsc_stroma",
+    )
+
+
+def _nuclei_of(a: AnnotatedImage, name: str) -> AnnotatedImage:
+    """The same image with every labelled nucleus as the class-agnostic :data:`NUCLEI`."""
+    return AnnotatedImage(
+        image=a.image,
+        classes=(a.instances > 0).astype(np.int32),
+        prompts={1: NUCLEI},
+        instances=a.instances,
+        ignore=a.ignore,
+        modality="pathology",
+        name=name,
+    )
+
+
 def load_fluorescence_raw(root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The raw fluorescence image (512 x 512 uint16) and its instance labels."""
     import tifffile
@@ -119,26 +162,21 @@ def datasets(
     that source's mnfinder images out of training: one fold of the leave-one-source-out
     validation (``scripts/evaluate_default_model.py --sets loso --cell-type ...`` scores it).
 
-    Training: the H&E image twice (the three classes; and every labelled nucleus as
-    ``nuclei``, the class-agnostic prompt), the stardist fluorescence image and mnfinder's
-    ``training`` split (:func:`load_mnfinder`), drawn with the shares of :data:`SHARES`.
-    Held out: ``[hgsc_nest quarter, stardist quarter]``; mnfinder's validation / test splits
-    and the ndev frames are held out as a whole (:func:`load_mnfinder`, :func:`load_ndev`).
+    Training: each H&E image (tumour nest, stroma) twice (the three classes; and every
+    labelled nucleus as ``nuclei``, the class-agnostic prompt), the stardist fluorescence image
+    and mnfinder's ``training`` split (:func:`load_mnfinder`), drawn with the shares of
+    :data:`SHARES`. Held out: ``[hgsc_nest quarter, stardist quarter, hgsc_stroma quarter]``
+    (the bottom-right quarter of each); mnfinder's validation / test splits and the ndev
+    frames are held out as a whole (:func:`load_mnfinder`, :func:`load_ndev`).
 
     The fluorescence training image is converted to RGB from its training pixels only
     (held-out pixels set to 0, which the preset's percentiles skip); the held-out crop is
     converted on its own, as a user would convert that image.
     """
     he_train, he_hold = split_holdout(load_pathology(root), HOLDOUT_REGION)
-    he_nuclei = AnnotatedImage(
-        image=he_train.image,
-        classes=(he_train.instances > 0).astype(np.int32),
-        prompts={1: NUCLEI},
-        instances=he_train.instances,
-        ignore=he_train.ignore,
-        modality="pathology",
-        name="hgsc_nest nuclei (train)",
-    )
+    he_nuclei = _nuclei_of(he_train, "hgsc_nest nuclei (train)")
+    st_train, st_hold = split_holdout(load_stroma(root), HOLDOUT_REGION)
+    st_nuclei = _nuclei_of(st_train, "hgsc_stroma nuclei (train)")
     raw, inst = load_fluorescence_raw(root)
     ys, xs = holdout_region(raw.shape, HOLDOUT_REGION)
     masked = raw.copy()
@@ -171,20 +209,27 @@ def datasets(
                 f"unknown mnfinder cell type {hold_out_cell_type!r}: choose one of {known}"
             )
         mnf = [a for a in mnf if info[a.name]["cell_type"] != hold_out_cell_type]
-    he_train.weight, he_nuclei.weight, fl_train.weight = (
-        SHARES["pathology classes"],
-        SHARES["pathology nuclei"],
-        SHARES["stardist"],
-    )
+    he_train.weight = SHARES["pathology classes"]
+    he_nuclei.weight = SHARES["pathology nuclei"]
+    st_train.weight = SHARES["stroma classes"]
+    st_nuclei.weight = SHARES["stroma nuclei"]
+    fl_train.weight = SHARES["stardist"]
     area = np.array([a.shape[0] * a.shape[1] for a in mnf], float)
     for a, w in zip(mnf, area / area.sum()):
         a.weight = SHARES["mnfinder"] * float(w)
-    return [he_train, he_nuclei, fl_train, *mnf], [he_hold, fl_hold]
+    train = [he_train, he_nuclei, st_train, st_nuclei, fl_train, *mnf]
+    return train, [he_hold, fl_hold, st_hold]
 
 
 # ----------------------------------------------------------------------------------------------
 # public fluorescence nucleus data shipped in packages (converted once into tests/data)
 
+#: histolytics 0.3.0 (BSD-3-Clause) H&E stroma image, copied unchanged into tests/data.
+STROMA_IMAGE = "hgsc_stromal_he.jpg"
+#: its nuclei (polygons in the package), rasterised by :func:`convert_histolytics_stroma`.
+STROMA_FILE = "hgsc_stroma_nuclei.npz"
+#: The class values of histolytics' ``class_name`` column (as ``hgsc_nest_type_mask``).
+HISTOLYTICS_CLASSES = {"connective": 1, "inflammatory": 2, "neoplastic": 3}
 #: mnfinder 1.2.3 (MIT) nucleus masks, converted by :func:`convert_mnfinder`.
 MNFINDER_FILE = "mnfinder_nuclei.npz"
 #: ndev-sampledata 0.0.3 (BSD-3-Clause) scratch assay, converted by :func:`convert_ndev`.
@@ -244,6 +289,36 @@ def convert_mnfinder(package_dir: str | Path, out: str | Path) -> Path:
             k += 1
     out = Path(out)
     np.savez_compressed(out, meta=np.array(meta), **arrays)
+    return out
+
+
+def convert_histolytics_stroma(package_dir: str | Path, out: str | Path) -> Path:
+    """Rasterise the nuclei of histolytics 0.3.0's stroma image into one ``.npz``.
+
+    ``package_dir`` is the unpacked package (``.../histolytics``); its
+    ``data/hgsc_stromal_cells.parquet`` holds 423 nucleus polygons (WKB, pixel coordinates of
+    the 1500 x 1500 ``data/hgsc_stromal_he.jpg``) with a ``class_name`` (connective,
+    inflammatory, neoplastic). Each polygon is filled (``skimage.draw.polygon``; a later
+    polygon wins where two overlap) into ``instances`` (uint16, 1..N in file order) and
+    ``classes`` (uint8, :data:`HISTOLYTICS_CLASSES`). Needs ``shapely`` and ``pyarrow`` (only
+    for this conversion; the converted file ships in tests/data).
+    """
+    import pyarrow.parquet as pq
+    import shapely
+    from skimage.draw import polygon
+
+    data = Path(package_dir) / "data"
+    table = pq.read_table(data / "hgsc_stromal_cells.parquet").to_pandas()
+    shape = (1500, 1500)
+    instances = np.zeros(shape, np.uint16)
+    classes = np.zeros(shape, np.uint8)
+    for k, (wkb, name) in enumerate(zip(table["geometry"], table["class_name"]), start=1):
+        ring = np.asarray(shapely.from_wkb(wkb).exterior.coords)
+        rr, cc = polygon(ring[:, 1], ring[:, 0], shape)
+        instances[rr, cc] = k
+        classes[rr, cc] = HISTOLYTICS_CLASSES[name]
+    out = Path(out)
+    np.savez_compressed(out, instances=instances, classes=classes)
     return out
 
 
