@@ -159,3 +159,36 @@ def test_augment_geometry_and_fluorescence_channels():
         assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
         assert ol.sum() == lab.sum()
         assert out[ol == 1].mean() > out[ol == 0].mean() + 100  # labels moved with the image
+
+
+def test_cytoplasm_halo_glows_around_nuclei_only():
+    """The fluorescence glow is dim, outside the nuclei, fades with the distance to them, and
+    leaves the labels alone."""
+    from napari_biomedparse.training.augment import cytoplasm_halo
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((96, 96), np.int32)
+    lab[40:56, 40:56] = 1
+    grey = np.where(lab > 0, 200.0, 10.0)
+    cfg = AugmentConfig(halo_prob=1.0, halo_strength=(0.3, 0.3))
+    out = cytoplasm_halo(grey, lab > 0, cfg, rng)
+    assert (out[lab > 0] == 200).all()  # the nucleus is unchanged
+    near, far = out[36:39, 40:56], out[0:4, 0:4]
+    assert near.min() > 10 + 5 and near.max() <= 10 + 0.3 * 200 + 1e-6
+    assert far.mean() < near.mean()
+    assert (cytoplasm_halo(grey, np.zeros_like(lab, bool), cfg, rng) == grey).all()
+    # in augment_tile: labels unchanged, channels equal
+    img = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    cfg = AugmentConfig(
+        scale_range=None,
+        flips=False,
+        rot90=False,
+        gamma=0,
+        noise=0,
+        contrast=0,
+        brightness=0,
+        halo_prob=1.0,
+    )
+    out, ol = augment_tile(img, lab, cfg, rng, modality="fluorescence")
+    assert (ol == lab).all() and (out[..., 0] == out[..., 2]).all()
+    assert out[36:39, 40:56, 0].mean() > 15

@@ -16,7 +16,9 @@ from napari_biomedparse.training.default_model import NAME, datasets, default_co
 from napari_biomedparse.training.finetune import predict_tiles
 from napari_biomedparse.training.metrics import dice
 
-DEMO_SLIDE = Path(__file__).resolve().parents[1] / "src/napari_biomedparse/data/cmu_small_region.svs"
+DEMO_SLIDE = (
+    Path(__file__).resolve().parents[1] / "src/napari_biomedparse/data/cmu_small_region.svs"
+)
 
 # measured with the shipped weights of 2026-12-02 (torch 2.13 CPU): see each test
 HE_NUCLEI_FLOOR = 0.78

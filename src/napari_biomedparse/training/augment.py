@@ -4,8 +4,9 @@ Geometric: flips, 90-degree rotations (and the scale change done when the tile i
 :class:`~napari_biomedparse.training.data.TileSampler`). Photometric: for pathology, stain
 jitter in haematoxylin-eosin-DAB space (``skimage.color.rgb2hed``) plus brightness, contrast
 and saturation; for fluorescence (grey stacked to RGB), gamma, gain, offset and noise applied
-to the grey values so the three channels stay equal; optionally Gaussian blur and a JPEG round
-trip (:data:`STRONG_AUGMENT`, the default model's recipe). All functions are numpy-only and draw
+to the grey values so the three channels stay equal, and optionally a dim glow around the nuclei
+(:func:`cytoplasm_halo`); optionally Gaussian blur and a JPEG round trip
+(:data:`STRONG_AUGMENT`, the default model's recipe). All functions are numpy-only and draw
 their randomness from the given ``numpy.random.Generator`` (deterministic given its seed).
 """
 
@@ -37,6 +38,11 @@ class AugmentConfig:
         blur_sigma: (min, max) blur sigma in pixels (uniform).
         jpeg_prob: probability of a JPEG round trip (compressed slides and screenshots).
         jpeg_quality: (min, max) JPEG quality (uniform integer).
+        halo_prob: fluorescence: probability of a dim cytoplasm-like glow around the nuclei
+            (:func:`cytoplasm_halo`: bleed-through of a cytoplasmic marker, autofluorescence,
+            out-of-focus DNA stain), which is not nucleus and keeps its label 0.
+        halo_strength: (min, max) brightness of that glow, as a fraction of the mean nucleus
+            intensity of the tile (uniform).
     """
 
     flips: bool = True
@@ -53,6 +59,8 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 1.5)
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 90)
+    halo_prob: float = 0.0
+    halo_strength: tuple[float, float] = (0.15, 0.6)
 
 
 #: The default model's training augmentation: stain, colour and intensity changes well beyond
@@ -69,6 +77,7 @@ STRONG_AUGMENT = AugmentConfig(
     noise=0.02,
     blur_prob=0.3,
     jpeg_prob=0.3,
+    halo_prob=0.3,
 )
 
 
@@ -125,6 +134,34 @@ def stain_jitter(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) 
     return x * 255.0
 
 
+def cytoplasm_halo(
+    grey: np.ndarray, nuclei: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """A dim, uneven glow around the nuclei of a fluorescence tile, outside them.
+
+    Args:
+        grey: (S, S) float grey values 0..255.
+        nuclei: (S, S) bool nucleus pixels (their labels are not changed).
+
+    Returns:
+        (S, S) float: ``grey`` plus, outside the nuclei, ``a * m * exp(-d / r)`` where ``d`` is
+        the distance (px) to the nearest nucleus, ``r`` uniform in 6-24 px, ``m`` a smooth random
+        field in 0.2..1 (cells are not round halos) and ``a`` ``halo_strength`` times the mean
+        nucleus intensity. Nothing is added to a tile without nuclei.
+    """
+    if not nuclei.any():
+        return grey
+    from scipy import ndimage as ndi
+
+    d = ndi.distance_transform_edt(~nuclei)
+    r = float(rng.uniform(6.0, 24.0))
+    field = ndi.gaussian_filter(rng.random(grey.shape), sigma=r)
+    lo, hi = field.min(), field.max()
+    field = 0.2 + 0.8 * (field - lo) / max(hi - lo, 1e-6)
+    a = float(rng.uniform(*cfg.halo_strength)) * float(grey[nuclei].mean())
+    return grey + np.where(nuclei, 0.0, a * field * np.exp(-d / r))
+
+
 def intensity_jitter(grey: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Fluorescence intensity augmentation on (S, S) grey values 0..255 -> float 0..255."""
     x = grey.astype(np.float64) / 255.0
@@ -154,7 +191,10 @@ def augment_tile(
     img, labels = geometric(img, labels, cfg, rng)
     fluo = modality.lower() in FLUORESCENCE_LIKE
     if fluo:
-        x = intensity_jitter(img.mean(axis=2), cfg, rng)[..., None]
+        grey = img.mean(axis=2)
+        if cfg.halo_prob and rng.random() < cfg.halo_prob:
+            grey = np.clip(cytoplasm_halo(grey, labels > 0, cfg, rng), 0, 255)
+        x = intensity_jitter(grey, cfg, rng)[..., None]
     else:
         x = stain_jitter(img, cfg, rng)
     if cfg.contrast:

@@ -675,4 +675,3 @@ def process_pool(sampler: TileSampler, workers: int):
     )
     pool._napari_biomedparse_sampler = sampler
     return pool
-

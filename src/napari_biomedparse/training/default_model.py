@@ -40,9 +40,9 @@ NUCLEI = "nuclei"
 #: with every nucleus as ``nuclei``, the same two for the H&E stroma image, the stardist image,
 #: mnfinder's training split (by area).
 SHARES = {
-    "pathology classes": 0.25,
+    "pathology classes": 0.3,
     "pathology nuclei": 0.15,
-    "stroma classes": 0.1,
+    "stroma classes": 0.05,
     "stroma nuclei": 0.1,
     "stardist": 0.05,
     "mnfinder": 0.35,
