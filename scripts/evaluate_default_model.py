@@ -34,23 +34,18 @@ sys.path.insert(0, str(ROOT / "src"))
 SETS = ("he", "stroma", "dsb", "mnfinder-test", "mnfinder-validation", "ndev")  # and "loso"
 #: Level-0 (0.499 um/px) top-left corners of the 400 x 400 px demo-slide crops.
 DEMO_CROPS = {"epidermis": (1046, 1639), "basal-layer": (808, 1402), "dermis": (1461, 1936)}
-#: Outline colours of the crop pictures (RGB); other classes green.
-OUTLINE_COLOURS = {
-    "neoplastic cells": (255, 40, 40),
-    "inflammatory cells": (40, 120, 255),
-    "connective tissue cells": (255, 200, 0),
-    "unclassified nuclei": (0, 255, 0),
-}
 
 
 def demo_crops(model, out_dir: Path, context: int = 64) -> dict:
     """Recognize on each crop of the demo slide (with ``context`` px around it), draw the
-    outlines coloured by class, write ``demo_<crop>.png``; returns objects per class."""
+    outlines in the class colours of the plugin and the exports (``inference.objects``),
+    write ``demo_<crop>.png``; returns objects per class."""
     import numpy as np
     import openslide
     from skimage import io
     from skimage.segmentation import find_boundaries
 
+    from napari_biomedparse.inference.objects import class_color
     from napari_biomedparse.inference.predictor import Predictor
 
     slide = openslide.OpenSlide(str(ROOT / "src/napari_biomedparse/data/cmu_small_region.svs"))
@@ -67,7 +62,7 @@ def demo_crops(model, out_dir: Path, context: int = 64) -> dict:
         img = rgb[context:-context, context:-context].copy()
         edge = find_boundaries(lab, mode="inner")
         for k, cname in enumerate(rec.class_names, start=1):
-            img[edge & (cls == k)] = OUTLINE_COLOURS.get(cname, (0, 255, 0))
+            img[edge & (cls == k)] = class_color(cname)
         big = np.kron(img, np.ones((2, 2, 1), np.uint8))  # zoomed 2x
         path = out_dir / f"demo_{name}.png"
         io.imsave(path, big, check_contrast=False)

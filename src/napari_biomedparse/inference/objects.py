@@ -87,6 +87,7 @@ CLASS_COLORS = {
     "necrosis": (50, 50, 50),
     "cell": (255, 200, 0),
     "nuclei": (255, 200, 0),
+    "unclassified nuclei": (255, 200, 0),  # recognition.UNCLASSIFIED: nuclei, no class
     "glandular structure": (0, 160, 160),
 }
 
