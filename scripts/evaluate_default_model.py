@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from napari_biomedparse.hub import load_model
-    from napari_biomedparse.training.data import AnnotatedImage, holdout_region
+    from napari_biomedparse.training.data import holdout_region
     from napari_biomedparse.training.default_model import (
         HOLDOUT_REGION,
         NUCLEI,
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
         load_mnfinder,
         load_ndev,
         mnfinder_info,
+        nuclei_only,
     )
     from napari_biomedparse.training.evaluate import (
         class_table,
@@ -116,13 +117,7 @@ def main(argv=None) -> int:
             continue
         r = evaluate_image(model, he)
         # the class-agnostic prompt alone against every labelled nucleus
-        he_nuc = AnnotatedImage(
-            image=he.image,
-            classes=(he.instances > 0).astype("int32"),
-            prompts={1: NUCLEI},
-            instances=he.instances,
-            name=f"{he.name}, prompt '{NUCLEI}'",
-        )
+        he_nuc = nuclei_only(he, f"{he.name}, prompt '{NUCLEI}'")
         quarters += [r, evaluate_image(model, he_nuc)]
         out[f"{key}_classes"] = r
         print(class_table(r), "\n")

@@ -112,8 +112,8 @@ def classify_nuclei(
     counts = np.bincount(
         inst[sel].astype(np.int64) * k + out[sel].clip(0), minlength=(n + 1) * k
     ).reshape(n + 1, k)
+    area = counts.sum(1)
     counts[:, value] = 0  # earlier unclassified candidates claim nothing
-    area = np.bincount(inst[sel], minlength=n + 1)
     claimed = counts[:, 1:].sum(1)
     best = counts[:, 1:].argmax(1) + 1  # ties -> the lower class value
     cls = np.where(claimed >= min_fraction * np.maximum(area, 1), best, value).astype(np.int32)

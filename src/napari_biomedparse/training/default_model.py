@@ -132,8 +132,9 @@ def load_stroma(root: Path | None = None) -> AnnotatedImage:
     )
 
 
-def _nuclei_of(a: AnnotatedImage, name: str) -> AnnotatedImage:
-    """The same image with every labelled nucleus as the class-agnostic :data:`NUCLEI`."""
+def nuclei_only(a: AnnotatedImage, name: str) -> AnnotatedImage:
+    """The same H&E image with every labelled nucleus as the class-agnostic :data:`NUCLEI`
+    (training its prompt; scoring it on a held-out crop)."""
     return AnnotatedImage(
         image=a.image,
         classes=(a.instances > 0).astype(np.int32),
@@ -174,9 +175,9 @@ def datasets(
     converted on its own, as a user would convert that image.
     """
     he_train, he_hold = split_holdout(load_pathology(root), HOLDOUT_REGION)
-    he_nuclei = _nuclei_of(he_train, "hgsc_nest nuclei (train)")
+    he_nuclei = nuclei_only(he_train, "hgsc_nest nuclei (train)")
     st_train, st_hold = split_holdout(load_stroma(root), HOLDOUT_REGION)
-    st_nuclei = _nuclei_of(st_train, "hgsc_stroma nuclei (train)")
+    st_nuclei = nuclei_only(st_train, "hgsc_stroma nuclei (train)")
     raw, inst = load_fluorescence_raw(root)
     ys, xs = holdout_region(raw.shape, HOLDOUT_REGION)
     masked = raw.copy()
@@ -222,7 +223,7 @@ def datasets(
 
 
 # ----------------------------------------------------------------------------------------------
-# public fluorescence nucleus data shipped in packages (converted once into tests/data)
+# public nucleus data shipped in packages (converted once into tests/data)
 
 #: histolytics 0.3.0 (BSD-3-Clause) H&E stroma image, copied unchanged into tests/data.
 STROMA_IMAGE = "hgsc_stromal_he.jpg"
