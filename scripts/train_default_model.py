@@ -1,20 +1,23 @@
 #!/usr/bin/env python
 """Train the small default model that ships with napari-biomedparse.
 
-The one documented command (see docs/model-card.md)::
+The whole recipe in one command, from random weights (see docs/model-card.md for how the
+shipped file was made and for its measured times)::
 
-    python scripts/train_default_model.py --device cuda --steps 1875 --batch-size 32 \
-        --out src/napari_biomedparse/model/weights/default.safetensors --seed 0
+    python scripts/train_default_model.py --device cpu --threads 2 --steps 1875 --seed 0 \
+        --out src/napari_biomedparse/model/weights/default.safetensors
 
-(``--device cpu`` runs the same recipe on the CPU, much slower; see docs/model-card.md for the
-measured CPU times and a CPU recipe of about an hour). ``--init default`` continues training
-from the shipped weights instead of random ones.
+(``--device cuda`` runs the same recipe on a GPU, much faster.) ``--init default`` or
+``--init PATH`` continues training from those weights instead of random ones.
 
-Data: the H&E crop ``hgsc_nest`` (three nucleus classes) and the stardist fluorescence image
-(nuclei), from their places in the repository; the bottom-right quarter of each image is held
-out and never used for training (``napari_biomedparse.training.default_model``). Random
-initialisation (no pretrained weights), all parts trained. On CPU the run is deterministic
-given the seed. Afterwards run ``scripts/evaluate_default_model.py`` for the model-card figures.
+Data (``napari_biomedparse.training.default_model.datasets``, weighted by ``SHARES``): the
+H&E crops ``hgsc_nest`` and ``hgsc_stromal_he`` (three nucleus classes and the class-agnostic
+``nuclei`` prompt), the stardist fluorescence image and mnfinder's training split
+(``nuclei``). The bottom-right quarter of each of the three images is held out and never
+trained on; mnfinder's validation and test splits are never trained on. Augmentation:
+``training.augment.STRONG_AUGMENT``. All parts trained. On CPU the run is deterministic
+given the seed. Afterwards run ``scripts/evaluate_default_model.py`` for the model-card
+figures.
 """
 
 from __future__ import annotations
