@@ -100,36 +100,34 @@ def _paths(root: Path | None = None) -> dict[str, Path]:
     return paths
 
 
-def load_pathology(root: Path | None = None) -> AnnotatedImage:
-    """The whole annotated H&E image (1500 x 1500), three classes with instances."""
+def _he_image(image: Path, classes, instances, name: str) -> AnnotatedImage:
+    """An H&E image file with its per-pixel classes (the values of :data:`PATHOLOGY_PROMPTS`)
+    and nucleus instances (both (H, W) integer; cast by ``AnnotatedImage``)."""
     from skimage import io
 
-    p = _paths(root)
     return AnnotatedImage(
-        image=io.imread(p["he"])[..., :3],
-        classes=np.load(p["he_types"])["nuc_raster"],
-        prompts=dict(PATHOLOGY_PROMPTS),
-        instances=np.load(p["he_instances"])["nuc_raster"],
-        modality="pathology",
-        name="hgsc_nest",
-    )
-
-
-def load_stroma(root: Path | None = None) -> AnnotatedImage:
-    """The whole H&E stroma image (1500 x 1500) with its segmented nuclei, three classes."""
-    from skimage import io
-
-    p = _paths(root)
-    with np.load(p["stroma_labels"]) as z:
-        classes, instances = z["classes"].astype(np.int32), z["instances"].astype(np.int32)
-    return AnnotatedImage(
-        image=io.imread(p["stroma"])[..., :3],
+        image=io.imread(image)[..., :3],
         classes=classes,
         prompts=dict(PATHOLOGY_PROMPTS),
         instances=instances,
         modality="pathology",
-        name="hgsc_stroma",
+        name=name,
     )
+
+
+def load_pathology(root: Path | None = None) -> AnnotatedImage:
+    """The whole annotated H&E image (1500 x 1500), three classes with instances."""
+    p = _paths(root)
+    classes = np.load(p["he_types"])["nuc_raster"]
+    return _he_image(p["he"], classes, np.load(p["he_instances"])["nuc_raster"], "hgsc_nest")
+
+
+def load_stroma(root: Path | None = None) -> AnnotatedImage:
+    """The whole H&E stroma image (1500 x 1500) with its segmented nuclei, three classes."""
+    p = _paths(root)
+    with np.load(p["stroma_labels"]) as z:
+        classes, instances = z["classes"], z["instances"]
+    return _he_image(p["stroma"], classes, instances, "hgsc_stroma")
 
 
 def nuclei_only(a: AnnotatedImage, name: str) -> AnnotatedImage:
