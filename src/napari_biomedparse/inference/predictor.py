@@ -20,6 +20,7 @@ for reference results.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -28,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.biomedparse import BiomedParse
+from . import tasks
 from .devices import resolve_device, resolve_dtype
-from .existence import DEFAULT_P_THRESHOLD
 from .prompts import parse_prompts
 
 __all__ = ["Predictor", "ImageEncoding", "DecodeResult", "resolve_device", "resize_rgb"]
@@ -109,6 +110,17 @@ class DecodeResult:
             self.mask_logits[None].float(), (height, width), mode="bilinear", align_corners=False
         )[0]
         return up.sigmoid().cpu().numpy().astype(np.float32, copy=False)
+
+
+def _task_method(fn):
+    """``fn(predictor, *args, **kwargs)`` as a :class:`Predictor` method, with ``fn``'s
+    signature (less ``predictor``) and docstring."""
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+
+    return method
 
 
 class Predictor:
@@ -244,126 +256,9 @@ class Predictor:
         return up.cpu().numpy() if as_numpy else up
 
     # ------------------------------------------------------------------ tasks
-    def segment(
-        self,
-        image,
-        prompts,
-        *,
-        modality,
-        site: str | None = None,
-        channels=None,
-        channel_axis: int | None = None,
-        is_3d: bool | None = None,
-        joint: bool = False,
-        mpp: float | None = None,
-        progress=None,
-        cancel=None,
-    ):
-        """Modality-aware segmentation: float32 (P, H, W) probabilities; see
-        :func:`napari_biomedparse.inference.tasks.segment` for every argument."""
-        from .tasks import segment
-
-        return segment(
-            self,
-            image,
-            prompts,
-            modality=modality,
-            site=site,
-            channels=channels,
-            channel_axis=channel_axis,
-            is_3d=is_3d,
-            joint=joint,
-            mpp=mpp,
-            progress=progress,
-            cancel=cancel,
-        )
-
-    def detect(
-        self,
-        image,
-        prompts,
-        *,
-        modality,
-        site: str | None = None,
-        channels=None,
-        channel_axis: int | None = None,
-        is_3d: bool | None = None,
-        joint: bool = False,
-        p_threshold: float | None = DEFAULT_P_THRESHOLD,
-        mask_threshold: float = 0.5,
-        target_dist="model",
-        min_size: int | None = None,
-        min_distance: int | None = None,
-        split_params: dict | None = None,
-        mpp: float | None = None,
-        progress=None,
-        cancel=None,
-    ):
-        """Segmentation + existence test + instances (a ``Detection``); see
-        :func:`napari_biomedparse.inference.tasks.detect` for every argument."""
-        from .tasks import detect
-
-        return detect(
-            self,
-            image,
-            prompts,
-            modality=modality,
-            site=site,
-            channels=channels,
-            channel_axis=channel_axis,
-            is_3d=is_3d,
-            joint=joint,
-            p_threshold=p_threshold,
-            mask_threshold=mask_threshold,
-            target_dist=target_dist,
-            min_size=min_size,
-            min_distance=min_distance,
-            split_params=split_params,
-            mpp=mpp,
-            progress=progress,
-            cancel=cancel,
-        )
-
-    def recognize(
-        self,
-        image,
-        *,
-        modality,
-        site: str | None = None,
-        targets=None,
-        channels=None,
-        channel_axis: int | None = None,
-        is_3d: bool | None = None,
-        p_threshold: float | None = DEFAULT_P_THRESHOLD,
-        target_dist="model",
-        batch_size: int = 1,
-        min_size: int | None = None,
-        min_distance: int | None = None,
-        split_params: dict | None = None,
-        mpp: float | None = None,
-        progress=None,
-        cancel=None,
-    ):
-        """All targets of a modality as classified instances (a ``Recognition``); see
-        :func:`napari_biomedparse.inference.tasks.recognize` for every argument."""
-        from .tasks import recognize
-
-        return recognize(
-            self,
-            image,
-            modality=modality,
-            site=site,
-            targets=targets,
-            channels=channels,
-            channel_axis=channel_axis,
-            is_3d=is_3d,
-            p_threshold=p_threshold,
-            target_dist=target_dist,
-            batch_size=batch_size,
-            min_size=min_size,
-            min_distance=min_distance,
-            split_params=split_params,
-            mpp=mpp,
-            progress=progress,
-            cancel=cancel,
-        )
+    # The task functions of :mod:`.tasks` (one implementation, shared with the plugin, the CLI
+    # and the slide engine) as methods: ``predictor.segment(image, prompts, modality=...)`` is
+    # ``tasks.segment(predictor, image, prompts, modality=...)``, same signature and docstring.
+    segment = _task_method(tasks.segment)
+    detect = _task_method(tasks.detect)
+    recognize = _task_method(tasks.recognize)
