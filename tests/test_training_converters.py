@@ -7,7 +7,9 @@ Each runs on a small stand-in laid out as the package it reads (mnfinder 1.2.3, 
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely  # the testing extras
 import tifffile
 from skimage import io
 
@@ -99,9 +101,6 @@ def test_convert_ndev_takes_the_hoechst_and_label_channels(tmp_path):
 
 
 def test_convert_histolytics_stroma_fills_polygons_with_their_class(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    shapely = pytest.importorskip("shapely")
     pkg = tmp_path / "histolytics"
     (pkg / "data").mkdir(parents=True)
     polys = [
