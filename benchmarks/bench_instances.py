@@ -111,7 +111,11 @@ def markdown(results: list[dict]) -> str:
         "*Model-like prob*: a soft blob per true nucleus (blur 2 px, maximum over nuclei, so "
         "the probability dips between touching nuclei) with smooth noise; its `> 0.5` mask is "
         "split by shape only (`prob_weight=0`) or guided by the probability (default "
-        "`prob_weight=0.5`, as `detect`/`recognize` do). "
+        "`prob_weight=0.25`, as `detect`/`recognize` do). The defaults (`h = 0.2 r`, "
+        "`prob_weight=0.25`) were chosen on the bundled model's real probability maps of its "
+        'validation images (docs/model-card.md, "The instance step"); the earlier '
+        "`h = 0.07 r`, `prob_weight=0.5` split these clean unions better (clump PQ 0.891 on "
+        "hgsc_nest, 0.874 on stardist) but over-split the model's maps. "
         "Produced by `python benchmarks/bench_instances.py --write-docs` on CPU.",
         "",
         "| data | true / predicted | PQ (SQ, DQ) | PQ on clumps (clumps, nuclei) | "

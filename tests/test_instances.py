@@ -52,7 +52,9 @@ def test_panoptic_quality_on_touching_hne_nuclei(hgsc):
     res_c = panoptic_quality(
         np.where(np.isin(pred, inside[inside > 0]), pred, 0), np.where(clump, hgsc, 0)
     )
-    assert res_c["pq"] >= 0.85, res_c  # measured 0.891 (connected components: 0.343)
+    # measured 0.797 (connected components: 0.343); 0.891 with the earlier h = 0.07 r, which
+    # split clean unions better but over-split the model's maps (docs/model-card.md)
+    assert res_c["pq"] >= 0.77, res_c
 
 
 def test_fluorescence_nuclei():
@@ -60,12 +62,12 @@ def test_fluorescence_nuclei():
 
     gt = tifffile.imread(DATA / "stardist_mask2d.tif")
     pred = split_instances(gt > 0)
-    assert panoptic_quality(pred, gt)["pq"] >= 0.93  # measured 0.949
+    assert panoptic_quality(pred, gt)["pq"] >= 0.90  # measured 0.926
 
 
 def test_probability_guidance_splits_model_like_maps():
     """A model-like map (soft blob per nucleus, dipping between touching nuclei, smooth noise):
-    its valleys help to split clumps (docs/benchmarks.md: clump PQ 0.848 -> 0.911)."""
+    its valleys help to split clumps (docs/benchmarks.md: clump PQ 0.782 -> 0.854)."""
     import tifffile
 
     gt = tifffile.imread(DATA / "stardist_mask2d.tif")
@@ -87,8 +89,8 @@ def test_probability_guidance_splits_model_like_maps():
 
     shape_only = split_instances(prob > 0.5, prob, prob_weight=0.0)
     guided = split_instances(prob > 0.5, prob)
-    assert clump_pq(guided) >= 0.88 and clump_pq(guided) > clump_pq(shape_only) + 0.03
-    assert panoptic_quality(guided, gt)["pq"] >= 0.92
+    assert clump_pq(guided) >= 0.83 and clump_pq(guided) > clump_pq(shape_only) + 0.03
+    assert panoptic_quality(guided, gt)["pq"] >= 0.90  # measured 0.916
     # uint8 maps (0..255, as the slide engine stores them) are read as probabilities
     as_u8 = split_instances(prob > 0.5, np.round(prob * 255).astype(np.uint8))
     assert panoptic_quality(as_u8, guided)["pq"] >= 0.97
@@ -104,7 +106,7 @@ def test_size_aware_defaults_follow_the_scale(hgsc):
     assert r_big == pytest.approx(3 * r_small, rel=0.15)
     assert abs(int(big.max()) - int(small.max())) <= max(2, 0.05 * small.max())
     up = np.kron(crop, np.ones((3, 3), crop.dtype))
-    assert panoptic_quality(big, up)["pq"] >= 0.9
+    assert panoptic_quality(big, up)["pq"] >= 0.87  # measured 0.897
 
 
 def _disc(shape, cy, cx, r):

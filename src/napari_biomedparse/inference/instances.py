@@ -123,7 +123,7 @@ def resolve_split_params(
     if min_distance is None:
         min_distance = max(2, int(round(0.6 * radius)))
     if h is None:
-        h = max(0.5, 0.07 * radius)
+        h = max(0.5, 0.2 * radius)
     if smooth_sigma is None:
         smooth_sigma = max(0.5, 0.1 * radius)
     if min_size < 0 or min_distance < 1 or h < 0 or smooth_sigma < 0:
@@ -200,7 +200,7 @@ def split_instances(
     h: float | None = None,
     smooth_sigma: float | None = None,
     fill_holes: bool = True,
-    prob_weight: float = 0.5,
+    prob_weight: float = 0.25,
 ) -> np.ndarray:
     """Split a semantic mask into object instances.
 
@@ -215,10 +215,13 @@ def split_instances(
 
     The defaults scale with the typical object radius ``r`` (the median inscribed radius of the
     connected components, see :func:`estimate_object_radius`): ``min_size = pi r^2 / 8``,
-    ``min_distance = 0.6 r``, ``h = max(0.5, 0.07 r)``, ``smooth_sigma = max(0.5, 0.1 r)``
-    (all in pixels). On the ``hgsc_nest`` H&E nuclei (r ~ 7 px) this recovers the annotated
-    instances from their union with a panoptic quality of 0.98 overall and 0.89 on the clumps of
-    touching nuclei (docs/benchmarks.md).
+    ``min_distance = 0.6 r``, ``h = max(0.5, 0.2 r)``, ``smooth_sigma = max(0.5, 0.1 r)``
+    (all in pixels). ``h`` and ``prob_weight`` were chosen on the bundled model's probability
+    maps of its validation images (docs/model-card.md, "The instance step"): a shallower
+    ``h = 0.07 r`` with ``prob_weight = 0.5`` split clean masks better but cut the model's
+    irregular masks of single nuclei in two. On the union of the annotated ``hgsc_nest`` H&E
+    nuclei (r ~ 7 px) the defaults recover the instances with a panoptic quality of 0.97
+    overall and 0.80 on the clumps of touching nuclei (docs/benchmarks.md).
 
     Args:
         mask: (H, W) bool (or integer, non-zero = foreground) semantic mask.
@@ -233,8 +236,9 @@ def split_instances(
         smooth_sigma: Gaussian sigma in pixels for the distance transform.
         fill_holes: fill holes smaller than a typical object inside the mask first.
         prob_weight: weight of ``prob`` in the seeding landscape (0 = shape only). On
-            model-like probability maps (valleys between touching objects) 0.5 raises the PQ on
-            clumps of touching nuclei from 0.85 to 0.91 (StarDist nuclei, docs/benchmarks.md).
+            model-like probability maps (valleys between touching objects) the default 0.25
+            raises the PQ on clumps of touching nuclei from 0.78 to 0.85 (StarDist nuclei,
+            docs/benchmarks.md).
 
     Returns:
         (H, W) int32 labels, 0 = background, instances numbered 1..N consecutively in raster
