@@ -34,9 +34,10 @@ SIGMA_PER_RADIUS = (0.1, 0.15)
 PROB_WEIGHT = (0.0, 0.25, 0.5)
 
 
-def validation_maps(model) -> list[tuple[str, object, object]]:
-    """(set name, (H, W) union probability of the image's prompts, (H, W) true instances)
-    for every validation image."""
+def validation_maps(model) -> list[tuple[str, object, object, float]]:
+    """(set name, (H, W) union probability of the image's prompts, (H, W) true instances,
+    typical nucleus radius in pixels of its ``> 0.5`` mask) for every validation image."""
+    from napari_biomedparse.inference.instances import estimate_object_radius
     from napari_biomedparse.training.default_model import (
         NUCLEI,
         datasets,
@@ -53,23 +54,23 @@ def validation_maps(model) -> list[tuple[str, object, object]]:
     ] + [("mnfinder validation", a) for a in load_mnfinder(("validation",))]
     out = []
     for name, a in images:
-        probs = predict_tiles(model, a.image, list(a.prompts.values()))
-        out.append((name, probs.max(0), a.instances))
+        prob = predict_tiles(model, a.image, list(a.prompts.values())).max(0)
+        out.append((name, prob, a.instances, estimate_object_radius(prob > 0.5)))
     return out
 
 
 def score(maps, h_per_radius: float, sigma_per_radius: float, prob_weight: float) -> dict:
     """Pooled PQ and F1 per set of one parameter combination, and their means."""
-    from napari_biomedparse.inference.instances import resolve_split_params, split_instances
+    from napari_biomedparse.inference.instances import split_instances
     from napari_biomedparse.training.evaluate import nuclei_figures, pooled
 
     per_set: dict[str, list] = {}
-    for name, prob, truth in maps:
+    for name, prob, truth, r in maps:
         mask = prob > 0.5
-        r = resolve_split_params(mask).radius
         labels = split_instances(
             mask,
             prob,
+            radius=r,
             h=max(0.5, h_per_radius * r),
             smooth_sigma=max(0.5, sigma_per_radius * r),
             prob_weight=prob_weight,
