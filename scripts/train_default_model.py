@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Train the small default model that ships with napari-biomedparse.
 
-The whole recipe in one command, from random weights (see docs/model-card.md for how the
-shipped file was made and for its measured times)::
+The shipped file's recipe in one command, from random weights: its three runs in a row
+(``training.default_model.RECIPE``; see docs/model-card.md for how the shipped file was made
+and for the measured times)::
 
-    python scripts/train_default_model.py --device cpu --threads 2 --steps 1875 --seed 0 \
+    python scripts/train_default_model.py --recipe --device cpu --threads 2 \
         --out src/napari_biomedparse/model/weights/default.safetensors
 
-(``--device cuda`` runs the same recipe on a GPU, much faster.) ``--init default`` or
-``--init PATH`` continues training from those weights instead of random ones.
+(``--device cuda`` runs the same recipe on a GPU, much faster.) Without ``--recipe`` one run
+is made with the options given (``--steps``, ``--lr``, ``--warmup``, ``--seed``; every
+source, ``STRONG_AUGMENT``), from random weights or, with ``--init default`` / ``--init
+PATH``, from those weights.
 
 Data (``napari_biomedparse.training.default_model.datasets``, weighted by ``SHARES``): the
 H&E crops ``hgsc_nest`` and ``hgsc_stromal_he`` (three nucleus classes and the class-agnostic
@@ -37,6 +40,12 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument(
+        "--recipe",
+        action="store_true",
+        help="run the shipped file's three stages (training.default_model.RECIPE) from random "
+        "weights; each stage's file is kept next to --out (.stage1, .stage2)",
+    )
     p.add_argument("--steps", type=int, default=1875)
     p.add_argument(
         "--out", default=str(ROOT / "src/napari_biomedparse/model/weights/default.safetensors")
@@ -87,61 +96,81 @@ def main(argv=None) -> int:
     from napari_biomedparse.training.default_model import (
         NAME,
         PATHOLOGY_MPP,
+        RECIPE,
+        Stage,
         datasets,
         default_config,
     )
     from napari_biomedparse.training.finetune import finetune
 
-    train, held = datasets(hold_out_cell_type=args.hold_out_cell_type)
     cfg = default_config()
     t0 = time.time()
     if args.refit_existence:
-        return refit_existence(args, train)
+        return refit_existence(args, datasets(hold_out_cell_type=args.hold_out_cell_type)[0])
 
     def progress(done, total, message):
         print(f"[{time.time() - t0:7.1f}s] {message}", flush=True)
 
-    res = finetune(
-        args.init or cfg,
-        train,
-        held if args.val_every else None,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=0.05,
-        warmup=args.warmup if args.warmup is not None else min(200, max(args.steps // 5, 1)),
-        freeze=None,
-        augment=STRONG_AUGMENT,
-        device=args.device,
-        seed=args.seed,
-        out=args.out,
-        overwrite=True,
-        name=NAME,
-        existence_tiles=64,
-        val_every=args.val_every,
-        workers=args.workers,
-        processes=args.processes,
-        half=not args.float32,
-        max_seconds=args.max_seconds,
-        amp=args.amp,
-        mpp=PATHOLOGY_MPP,  # metadata["inference"]: tiled, 256 px tiles at 0.5 um/px
-        progress=progress,
-        log_every=50,
-    )
+    if args.recipe:
+        if args.init:
+            p.error("--recipe starts from random weights: leave out --init")
+        stages = RECIPE
+    else:
+        warmup = args.warmup if args.warmup is not None else min(200, max(args.steps // 5, 1))
+        stages = (Stage("all", STRONG_AUGMENT, args.steps, args.lr, warmup, args.seed),)
+    init = args.init or cfg
+    out = Path(args.out)
+    history, val_history, steps, seconds = [], [], 0, 0.0
+    for i, stage in enumerate(stages, 1):
+        train, held = datasets(hold_out_cell_type=args.hold_out_cell_type, sources=stage.sources)
+        stage_out = out if i == len(stages) else out.with_suffix(f".stage{i}{out.suffix}")
+        if len(stages) > 1:
+            print(f"stage {i} / {len(stages)}: {stage}", flush=True)
+        res = finetune(
+            init,
+            train,
+            held if args.val_every else None,
+            steps=stage.steps,
+            batch_size=args.batch_size,
+            lr=stage.lr,
+            weight_decay=0.05,
+            warmup=stage.warmup,
+            freeze=None,
+            augment=stage.augment,
+            device=args.device,
+            seed=stage.seed,
+            out=stage_out,
+            overwrite=True,
+            name=NAME,
+            existence_tiles=64,
+            val_every=args.val_every,
+            workers=args.workers,
+            processes=args.processes,
+            half=not args.float32,
+            max_seconds=args.max_seconds,
+            amp=args.amp,
+            mpp=PATHOLOGY_MPP,  # metadata["inference"]: tiled, 256 px tiles at 0.5 um/px
+            progress=progress,
+            log_every=50,
+        )
+        init = stage_out
+        history += res.history
+        val_history += res.val_history
+        steps += res.steps
+        seconds += res.seconds
     size = Path(args.out).stat().st_size / 2**20
     print(
-        f"wrote {args.out} ({size:.1f} MiB) after {res.steps} steps in {res.seconds:.0f} s "
-        f"on {args.device}"
+        f"wrote {args.out} ({size:.1f} MiB) after {steps} steps in {seconds:.0f} s on {args.device}"
     )
     if args.log:
         Path(args.log).write_text(
             json.dumps(
                 {
-                    "steps": res.steps,
-                    "seconds": res.seconds,
+                    "steps": steps,
+                    "seconds": seconds,
                     "device": args.device,
-                    "history": res.history,
-                    "val_history": res.val_history,
+                    "history": history,
+                    "val_history": val_history,
                     "torch": torch.__version__,
                 },
                 indent=1,

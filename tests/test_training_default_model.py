@@ -158,6 +158,48 @@ def test_leave_one_source_out_fold_drops_only_that_source():
         datasets(hold_out_cell_type="rpe1")
 
 
+def test_recipe_first_stage_trains_on_the_nest_and_the_stardist_image():
+    from napari_biomedparse.training.default_model import FIRST_STAGE_SHARES, RECIPE
+
+    first, held_first = datasets(sources="first")
+    assert [a.name for a in first] == ["hgsc_nest (train)", "stardist_img2d (train)"]
+    assert [a.weight for a in first] == list(FIRST_STAGE_SHARES.values())
+    assert [a.name for a in held_first] == [a.name for a in datasets()[1]]
+    assert [s.sources for s in RECIPE] == ["first", "all", "all"]
+    with pytest.raises(ValueError, match="'all' or 'first'"):
+        datasets(sources="nest")
+
+
+def test_train_script_recipe_chains_its_stages(tmp_path, monkeypatch):
+    """``--recipe`` runs the stages in a row, each from the previous one's file."""
+    import dataclasses
+    import importlib.util
+    import json
+
+    from safetensors.torch import load_file
+
+    import napari_biomedparse.training.default_model as dm
+
+    tiny = tuple(dataclasses.replace(s, steps=2, warmup=1) for s in dm.RECIPE)
+    monkeypatch.setattr(dm, "RECIPE", tiny)
+    script = Path(__file__).resolve().parents[1] / "scripts/train_default_model.py"
+    spec = importlib.util.spec_from_file_location("train_default_model", script)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path / "m.safetensors"
+    argv = ["--recipe", "--threads", "2", "--batch-size", "2", "--out", str(out)]
+    assert train.main([*argv, "--log", str(tmp_path / "log.json")]) == 0
+    assert json.loads((tmp_path / "log.json").read_text())["steps"] == 6
+    files = [tmp_path / "m.stage1.safetensors", tmp_path / "m.stage2.safetensors", out]
+    weights = [load_file(f) for f in files]
+    key = next(k for k in weights[0] if k.endswith("weight") and weights[0][k].ndim == 2)
+    # each stage moved the weights it started from
+    assert not torch.equal(weights[0][key], weights[1][key])
+    assert not torch.equal(weights[1][key], weights[2][key])
+    with pytest.raises(SystemExit):
+        train.main([*argv, "--init", "default"])
+
+
 def test_recognize_answers_every_nucleus_of_the_unseen_demo_slide(model):
     """Every object of the ``nuclei`` map on a crop of the bundled skin slide (never used in
     training) is an object of ``recognize``, of a class or ``unclassified nuclei``: none is

@@ -22,10 +22,12 @@ scaling of the training part is computed without the held-out pixels).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .augment import STRONG_AUGMENT, AugmentConfig
 from .data import AnnotatedImage, holdout_region, split_holdout, to_rgb_uint8
 
 NAME = "napari-biomedparse-default"
@@ -47,6 +49,42 @@ SHARES = {
     "stardist": 0.05,
     "mnfinder": 0.35,
 }
+#: Shares of the first stage of :data:`RECIPE` (the tumour nest's three classes and the
+#: stardist image only, as the first weights were trained).
+FIRST_STAGE_SHARES = {"pathology classes": 0.75, "stardist": 0.25}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run of the default model's training recipe (it continues the previous run).
+
+    Attributes:
+        sources: ``"first"`` (:data:`FIRST_STAGE_SHARES`) or ``"all"`` (:data:`SHARES`), the
+            ``sources`` of :func:`datasets`.
+        augment: the tile augmentation.
+        steps: optimiser steps of 32 tiles of 256 px.
+        lr: peak learning rate (AdamW, warm-up then cosine decay to 5 %).
+        warmup: warm-up steps.
+        seed: seeds tile sampling, augmentation and torch (CPU runs are reproducible).
+    """
+
+    sources: str
+    augment: AugmentConfig
+    steps: int
+    lr: float
+    warmup: int
+    seed: int
+
+
+#: The shipped file's recipe, its three runs in a row from random weights
+#: (``scripts/train_default_model.py --recipe``; docs/model-card.md, "Training"): the
+#: tumour nest and the stardist image with mild augmentation, then every source with
+#: :data:`~.augment.STRONG_AUGMENT` twice, at lower learning rates.
+RECIPE = (
+    Stage("first", AugmentConfig(), steps=1875, lr=1e-3, warmup=200, seed=0),
+    Stage("all", STRONG_AUGMENT, steps=538, lr=5e-4, warmup=50, seed=1),
+    Stage("all", STRONG_AUGMENT, steps=600, lr=3e-4, warmup=30, seed=2),
+)
 
 
 def default_config():
@@ -153,9 +191,12 @@ def load_fluorescence_raw(root: Path | None = None) -> tuple[np.ndarray, np.ndar
 
 
 def datasets(
-    root: Path | None = None, hold_out_cell_type: str | None = None
+    root: Path | None = None, hold_out_cell_type: str | None = None, sources: str = "all"
 ) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     """(training images with the held-out quarters ignored, held-out crops).
+
+    ``sources="first"`` gives the first stage of :data:`RECIPE` instead: the tumour nest's
+    three classes and the stardist image (:data:`FIRST_STAGE_SHARES`), the same held-out crops.
 
     ``hold_out_cell_type`` (a ``cell_type`` of :func:`mnfinder_info`, e.g. ``"RPE-1"``) leaves
     that source's mnfinder images out of training: one fold of the leave-one-source-out
@@ -199,6 +240,12 @@ def datasets(
         modality="fluorescence",
         name=f"stardist_img2d (held-out {HOLDOUT_REGION})",
     )
+    if sources == "first":
+        he_train.weight = FIRST_STAGE_SHARES["pathology classes"]
+        fl_train.weight = FIRST_STAGE_SHARES["stardist"]
+        return [he_train, fl_train], [he_hold, fl_hold, st_hold]
+    if sources != "all":
+        raise ValueError(f"sources must be 'all' or 'first', not {sources!r}")
     mnf = load_mnfinder(("training",), root)
     if hold_out_cell_type is not None:
         info = mnfinder_info(root)
