@@ -213,6 +213,8 @@ def datasets(
     (held-out pixels set to 0, which the preset's percentiles skip); the held-out crop is
     converted on its own, as a user would convert that image.
     """
+    if sources not in ("all", "first"):
+        raise ValueError(f"sources must be 'all' or 'first', not {sources!r}")
     he_train, he_hold = split_holdout(load_pathology(root), HOLDOUT_REGION)
     he_nuclei = nuclei_only(he_train, "hgsc_nest nuclei (train)")
     st_train, st_hold = split_holdout(load_stroma(root), HOLDOUT_REGION)
@@ -244,8 +246,6 @@ def datasets(
         he_train.weight = FIRST_STAGE_SHARES["pathology classes"]
         fl_train.weight = FIRST_STAGE_SHARES["stardist"]
         return [he_train, fl_train], [he_hold, fl_hold, st_hold]
-    if sources != "all":
-        raise ValueError(f"sources must be 'all' or 'first', not {sources!r}")
     mnf = load_mnfinder(("training",), root)
     if hold_out_cell_type is not None:
         info = mnfinder_info(root)
